@@ -1,0 +1,118 @@
+"""Named presets: one configuration object for every notebook.
+
+Choose a preset by name (`get_config("offline")`); notebooks take the name from a
+papermill parameter.  `offline` runs on a laptop, `paper` is Kissane et al.'s and
+Arditi et al.'s scale on a GPU with the Hugging Face hub, `smoke` is `offline`
+with tiny sizes for tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+OFFLINE_MODEL = "Qwen2.5-Coder-0.5B-Instruct-GGUF"
+PAPER_MODEL = "Qwen/Qwen1.5-0.5B-Chat"
+
+
+@dataclass(frozen=True)
+class SAEConfig:
+    """Kissane et al.'s standard ReLU SAE with an L1 penalty, or a TopK variant."""
+
+    architecture: str = "standard"  # standard | topk | batchtopk | jumprelu
+    d_sae: int = 32_768
+    l1_coefficient: float = 3.0
+    lr: float = 5e-5
+    training_tokens: int = 409_600_000  # 100k steps of 4,096 tokens
+    train_batch_size_tokens: int = 4096
+    context_size: int = 1024
+    k: int = 32  # TopK variants only
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a notebook needs to know about a run."""
+
+    preset: str
+    model: str
+    device: str = "cpu"
+    dtype: str = "float32"
+    # Chat template: None means no system turn (as in both papers); "default" keeps the
+    # tokenizer's built-in system prompt; any other string is used as the system prompt.
+    system_prompt: str | None = None
+    # Generation and evaluation
+    max_new_tokens: int = 64
+    generation_batch_size: int = 16
+    forward_batch_size: int = 16
+    # Refusal direction (Arditi et al.)
+    n_train: int = 128
+    n_val: int = 32
+    n_test: int = 64
+    # SAEs (Kissane et al.)
+    sae_hook: str = "blocks.13.hook_resid_pre"
+    webtext_source: str = "offline"
+    chat_source: str = "offline"
+    cache_tokens: int = 2_000_000
+    sae: SAEConfig = field(default_factory=SAEConfig)
+    seed: int = 0
+
+    @property
+    def run_dir(self) -> Path:
+        """Folder for this preset's outputs: `runs/<preset>/` (override with REFUSAL_RUNS_DIR)."""
+        root = Path(os.environ.get("REFUSAL_RUNS_DIR", Path(__file__).resolve().parents[1] / "runs"))
+        return root / self.preset
+
+    def replace(self, **changes) -> "Config":
+        """A copy with some fields changed (unknown names are an error)."""
+        valid = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - valid)
+        if unknown:
+            raise ValueError(f"Unknown config field(s) {unknown}; valid fields: {sorted(valid)}")
+        return dataclasses.replace(self, **changes)
+
+
+PRESETS: dict[str, Config] = {
+    "offline": Config(
+        preset="offline",
+        model=OFFLINE_MODEL,
+        sae=SAEConfig(d_sae=4096, l1_coefficient=5.0, lr=4e-4, training_tokens=2_000_000,
+                      train_batch_size_tokens=4096, context_size=256),
+    ),
+    "paper": Config(
+        preset="paper",
+        model=PAPER_MODEL,
+        device="cuda",
+        dtype="float32",
+        max_new_tokens=256,
+        generation_batch_size=64,
+        forward_batch_size=32,
+        webtext_source="hub",
+        chat_source="hub",
+        cache_tokens=409_600_000,
+        sae=SAEConfig(),
+    ),
+    "smoke": Config(
+        preset="smoke",
+        model=OFFLINE_MODEL,
+        max_new_tokens=8,
+        generation_batch_size=4,
+        forward_batch_size=4,
+        n_train=4,
+        n_val=4,
+        n_test=4,
+        cache_tokens=4096,
+        sae=SAEConfig(d_sae=256, l1_coefficient=5.0, lr=4e-4, training_tokens=8192,
+                      train_batch_size_tokens=512, context_size=64),
+    ),
+}
+
+
+def get_config(preset: str | None = None, **overrides) -> Config:
+    """The named preset (default: $REFUSAL_PRESET or "offline"), with optional overrides."""
+    name = preset or os.environ.get("REFUSAL_PRESET", "offline")
+    if name not in PRESETS:
+        raise ValueError(f"Unknown preset {name!r}; valid presets: {sorted(PRESETS)}")
+    cfg = PRESETS[name]
+    return cfg.replace(**overrides) if overrides else cfg

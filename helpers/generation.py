@@ -1,0 +1,69 @@
+"""Greedy, batched, left-padded generation (with optional interventions) and batched forward passes.
+
+Generation runs on the Hugging Face twin with `generate` (KV cache, ~4x faster than
+`HookedTransformer.generate` on CPU); interventions are plain PyTorch hooks
+(`helpers.hooks.hf_hooks`), so steered generation costs about as much as plain generation.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from helpers.hooks import NO_INTERVENTION, Intervention, hf_hooks
+from helpers.models import LoadedModel
+
+
+def _batches(items: list, size: int) -> list[list]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def _length_sorted(instructions: list[str]) -> list[int]:
+    """Order of indices by prompt length, so batches waste little on padding."""
+    return sorted(range(len(instructions)), key=lambda i: len(instructions[i]))
+
+
+@torch.no_grad()
+def generate(model: LoadedModel, instructions: list[str], intervention: Intervention = NO_INTERVENTION,
+             max_new_tokens: int = 64, batch_size: int = 16, progress: bool = True,
+             stop_at_eos: bool = True) -> list[str]:
+    """Greedy completions for chat-formatted instructions, in input order.
+
+    `stop_at_eos=False` always generates `max_new_tokens` (for benchmarks with equal work).
+    """
+    order = _length_sorted(instructions)
+    out: dict[int, str] = {}
+    batches = _batches(order, batch_size)
+    for batch in tqdm(batches, desc="generate", unit="batch", disable=not progress or len(batches) < 2):
+        enc = model.tokenize_instructions([instructions[i] for i in batch])
+        with hf_hooks(model.hf, intervention):
+            tokens = model.hf.generate(
+                **enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None,
+                top_k=None, pad_token_id=model.tokenizer.pad_token_id,
+                min_new_tokens=0 if stop_at_eos else max_new_tokens,
+            )
+        new = tokens[:, enc["input_ids"].shape[1]:]
+        for i, text in zip(batch, model.tokenizer.batch_decode(new, skip_special_tokens=True)):
+            out[i] = text
+    return [out[i] for i in range(len(instructions))]
+
+
+def position_ids(attention_mask: Tensor) -> Tensor:
+    """Position ids for a left-padded batch (0 at each sequence's first real token)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+@torch.no_grad()
+def last_token_logits(model: LoadedModel, instructions: list[str], intervention: Intervention = NO_INTERVENTION,
+                      batch_size: int = 16, progress: bool = False) -> Tensor:
+    """Next-token logits `[n, d_vocab]` at the last prompt position, optionally under an intervention."""
+    order = _length_sorted(instructions)
+    result = torch.empty(len(instructions), model.tl.cfg.d_vocab, dtype=torch.float32)
+    for batch in tqdm(_batches(order, batch_size), desc="forward", disable=not progress):
+        enc = model.tokenize_instructions([instructions[i] for i in batch])
+        with hf_hooks(model.hf, intervention):
+            hidden = model.hf.model(**enc, position_ids=position_ids(enc["attention_mask"])).last_hidden_state
+        logits = model.hf.lm_head(hidden[:, -1, :])  # only the last position: skips most of the unembedding
+        result[batch] = logits.float().cpu()
+    return result

@@ -1,0 +1,138 @@
+"""Interventions on the residual stream, for TransformerLens and Hugging Face models alike.
+
+An `Intervention` says *what* to do (directional ablation everywhere, and/or activation
+addition at one layer); `tl_hooks` turns it into TransformerLens `fwd_hooks`, and
+`hf_hooks` applies the same edit to the Hugging Face twin (used for fast, KV-cached
+generation).  Both act on every position, so they stay correct with a KV cache: each new
+token's residual is edited as it is computed, and cached keys/values come from edited
+residuals.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+from torch import Tensor
+
+
+def ablate_direction(acts: Tensor, direction: Tensor) -> Tensor:
+    """Remove the component of `acts` (`[..., d_model]`) along `direction` (any norm)."""
+    r_hat = direction / direction.norm()
+    r_hat = r_hat.to(acts.dtype)
+    return acts - (acts @ r_hat).unsqueeze(-1) * r_hat
+
+
+@dataclass(frozen=True)
+class Intervention:
+    """Directional ablation (every layer: resid_pre, attn_out, mlp_out) and/or activation addition.
+
+    `ablate`: direction `[d_model]` to project out everywhere, or None.
+    `add`: vector `[d_model]` added, times `coeff`, to `blocks.{add_layer}.hook_resid_pre`
+    at every position (coeff=-1 is activation subtraction).
+    """
+
+    ablate: Tensor | None = None
+    add: Tensor | None = None
+    add_layer: int | None = None
+    coeff: float = 1.0
+
+    def __post_init__(self) -> None:
+        if (self.add is None) != (self.add_layer is None):
+            raise ValueError("Activation addition needs both `add` (a vector) and `add_layer` (a layer index).")
+
+    @property
+    def is_empty(self) -> bool:
+        return self.ablate is None and self.add is None
+
+
+NO_INTERVENTION = Intervention()
+
+
+def _check_layer(layer: int, n_layers: int) -> None:
+    if not 0 <= layer < n_layers:
+        raise ValueError(f"add_layer {layer} is out of range for a model with {n_layers} layers (0..{n_layers - 1}).")
+
+
+def tl_hooks(intervention: Intervention, n_layers: int) -> list[tuple[str, Callable]]:
+    """TransformerLens `fwd_hooks` implementing the intervention."""
+    hooks: list[tuple[str, Callable]] = []
+    if intervention.ablate is not None:
+        direction = intervention.ablate
+
+        def ablate_hook(acts: Tensor, hook) -> Tensor:
+            return ablate_direction(acts, direction.to(acts.device))
+
+        for layer in range(n_layers):
+            for name in ("hook_resid_pre", "hook_attn_out", "hook_mlp_out"):
+                hooks.append((f"blocks.{layer}.{name}", ablate_hook))
+    if intervention.add is not None:
+        _check_layer(intervention.add_layer, n_layers)
+        vector, coeff = intervention.add, intervention.coeff
+
+        def add_hook(acts: Tensor, hook) -> Tensor:
+            return acts + coeff * vector.to(acts.device, acts.dtype)
+
+        hooks.append((f"blocks.{intervention.add_layer}.hook_resid_pre", add_hook))
+    return hooks
+
+
+def _decoder_layers(hf_model) -> torch.nn.ModuleList:
+    """The list of transformer blocks of a Hugging Face causal LM (Qwen2, Llama, Gemma, ... style)."""
+    inner = getattr(hf_model, "model", None)
+    layers = getattr(inner, "layers", None)
+    if layers is None:
+        raise TypeError(f"Don't know where the decoder layers of {type(hf_model).__name__} are (expected model.layers).")
+    return layers
+
+
+def _edit_output(fn: Callable[[Tensor], Tensor]) -> Callable:
+    def hook(module, args, output):
+        if isinstance(output, tuple):
+            return (fn(output[0]),) + tuple(output[1:])
+        return fn(output)
+
+    return hook
+
+
+def _edit_input(fn: Callable[[Tensor], Tensor]) -> Callable:
+    def hook(module, args, kwargs):
+        if args:
+            return (fn(args[0]),) + tuple(args[1:]), kwargs
+        kwargs = dict(kwargs)
+        kwargs["hidden_states"] = fn(kwargs["hidden_states"])
+        return args, kwargs
+
+    return hook
+
+
+@contextlib.contextmanager
+def hf_hooks(hf_model, intervention: Intervention) -> Iterator[None]:
+    """Apply the intervention to a Hugging Face model inside a `with` block."""
+    layers = _decoder_layers(hf_model)
+    handles = []
+    try:
+        if intervention.ablate is not None:
+            direction = intervention.ablate.to(next(hf_model.parameters()).device)
+
+            def ablate(x: Tensor) -> Tensor:
+                return ablate_direction(x, direction)
+
+            for layer in layers:
+                handles.append(layer.register_forward_pre_hook(_edit_input(ablate), with_kwargs=True))
+                handles.append(layer.self_attn.register_forward_hook(_edit_output(ablate)))
+                handles.append(layer.mlp.register_forward_hook(_edit_output(ablate)))
+        if intervention.add is not None:
+            _check_layer(intervention.add_layer, len(layers))
+            vector = intervention.add.to(next(hf_model.parameters()).device) * intervention.coeff
+
+            def add(x: Tensor) -> Tensor:
+                return x + vector.to(x.dtype)
+
+            handles.append(layers[intervention.add_layer].register_forward_pre_hook(_edit_input(add), with_kwargs=True))
+        yield
+    finally:
+        for h in handles:
+            h.remove()

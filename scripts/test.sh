@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The tests: unit tests plus every notebook in smoke mode under nbmake. Does its own set-up.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+# shellcheck disable=SC1091
+. .venv/bin/activate
+export REFUSAL_PRESET=smoke HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error WANDB_MODE=disabled
+python -m pytest -q tests --nbmake notebooks --nbmake-timeout=900 -p no:cacheprovider "$@"

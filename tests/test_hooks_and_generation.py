@@ -1,0 +1,65 @@
+import pytest
+import torch
+
+from helpers.generation import generate, last_token_logits
+from helpers.hooks import Intervention, ablate_direction, hf_hooks, tl_hooks
+
+PROMPTS = ["Write a poem about the sea.", "How do I pick a lock?", "Name three fruits."]
+
+
+def test_ablation_removes_component_only():
+    torch.manual_seed(0)
+    acts, r = torch.randn(5, 7, 16), torch.randn(16) * 3
+    out = ablate_direction(acts, r)
+    assert torch.allclose(out @ (r / r.norm()), torch.zeros(5, 7), atol=1e-5)
+    assert torch.allclose(ablate_direction(out, r), out, atol=1e-5)  # idempotent
+
+
+def test_addition_needs_vector_and_layer():
+    with pytest.raises(ValueError, match="add_layer"):
+        Intervention(add=torch.zeros(3))
+    with pytest.raises(ValueError, match="out of range"):
+        tl_hooks(Intervention(add=torch.zeros(3), add_layer=40), n_layers=24)
+
+
+def test_tl_hooks_cover_every_layer():
+    names = [n for n, _ in tl_hooks(Intervention(ablate=torch.ones(4)), n_layers=3)]
+    assert len(names) == 9 and "blocks.2.hook_mlp_out" in names
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["ablate", "add"])
+def test_hf_and_tl_interventions_agree(model, kind):
+    torch.manual_seed(1)
+    r = torch.randn(model.d_model) * 5
+    iv = Intervention(ablate=r) if kind == "ablate" else Intervention(add=r, add_layer=10, coeff=1.0)
+    hf_logits = last_token_logits(model, PROMPTS, iv)
+    clean = last_token_logits(model, PROMPTS)
+    enc = model.tokenize_instructions(PROMPTS)
+    with torch.no_grad():
+        tl_logits = model.tl.run_with_hooks(enc["input_ids"], attention_mask=enc["attention_mask"],
+                                            fwd_hooks=tl_hooks(iv, model.n_layers))[:, -1]
+    assert (hf_logits - clean).abs().max() > 0.1, "the intervention must change something"
+    assert torch.allclose(hf_logits, tl_logits, atol=2e-3), (hf_logits - tl_logits).abs().max()
+
+
+@pytest.mark.slow
+def test_generation_with_kv_cache_matches_full_recompute(model):
+    """Greedy tokens from cached, ablated generation equal the argmax of a full ablated forward pass."""
+    torch.manual_seed(2)
+    iv = Intervention(ablate=torch.randn(model.d_model))
+    prompt = model.format_chat(PROMPTS[1])
+    completion = generate(model, [PROMPTS[1]], iv, max_new_tokens=8, progress=False)[0]
+    ids = model.tokenize([prompt + completion])["input_ids"]
+    n_prompt = model.tokenize([prompt])["input_ids"].shape[1]
+    with torch.no_grad(), hf_hooks(model.hf, iv):
+        logits = model.hf(input_ids=ids).logits
+    predicted = logits[0, n_prompt - 1:-1].argmax(-1)
+    assert torch.equal(predicted, ids[0, n_prompt:])
+
+
+@pytest.mark.slow
+def test_generation_is_batch_invariant_and_ordered(model):
+    one_by_one = [generate(model, [p], max_new_tokens=6, progress=False)[0] for p in PROMPTS]
+    batched = generate(model, PROMPTS, max_new_tokens=6, batch_size=3, progress=False)
+    assert batched == one_by_one

