@@ -198,23 +198,29 @@ class LoadedModel:
             raise ValueError(f"layer {layer} is out of range for {self.name} ({self.n_layers} layers: 0..{self.n_layers - 1})")
         return layer
 
-    def format_chat(self, instruction: str, response: str = "") -> str:
-        """The prompt string for one user instruction, ending where the assistant's reply begins.
+    def format_messages(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
+        """Render a conversation with the tokenizer's own chat template.
 
-        Uses the tokenizer's own chat template. With `system_prompt=None` any system turn the
-        template inserts by default is removed (Qwen's templates add one; both papers used none).
+        With `system_prompt=None` any system turn the template inserts by default is removed
+        (Qwen's templates add one; both papers used none); a string other than "default" is
+        added as the system turn unless the conversation has one.
         """
-        messages = []
-        if self.system_prompt not in (None, "default"):
-            messages.append({"role": "system", "content": self.system_prompt})
-        messages.append({"role": "user", "content": instruction})
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        if self.system_prompt is None:
+        messages = list(messages)
+        has_system = bool(messages) and messages[0]["role"] == "system"
+        if self.system_prompt not in (None, "default") and not has_system:
+            messages.insert(0, {"role": "system", "content": self.system_prompt})
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False,
+                                                  add_generation_prompt=add_generation_prompt)
+        if self.system_prompt is None and not has_system:
             text = CHATML_SYSTEM_TURN.sub("", text, count=1)
         if self.tokenizer.bos_token and text.startswith(self.tokenizer.bos_token):
-            # We tokenize with add_special_tokens=True below; keep one BOS, not two.
+            # The tokenizer adds BOS itself where the model uses one; keep one, not two.
             text = text[len(self.tokenizer.bos_token):]
-        return text + response
+        return text
+
+    def format_chat(self, instruction: str, response: str = "") -> str:
+        """The prompt for one user instruction, ending where the assistant's reply begins (plus `response`)."""
+        return self.format_messages([{"role": "user", "content": instruction}], add_generation_prompt=True) + response
 
     def tokenize(self, texts: list[str], padding_side: str = "left") -> dict[str, torch.Tensor]:
         """Tokenize prompts (already formatted) into a padded batch on the model's device."""
@@ -235,6 +241,23 @@ class LoadedModel:
         return self.tokenizer.convert_ids_to_tokens(ids)
 
 
+def load_tokenizer(name: str = OFFLINE_MODEL):
+    """Just the tokenizer of a model (same resolution rules as `load_model`)."""
+    from transformers import AutoTokenizer
+
+    _, folder = resolve_model_source(name)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder) if folder is not None else name)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def adds_bos(tokenizer) -> bool:
+    """Whether this tokenizer puts a BOS token in front of text (Qwen's does not)."""
+    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return tokenizer.bos_token_id is not None and ids[0] == tokenizer.bos_token_id
+
+
 def load_model(name: str = OFFLINE_MODEL, device: str = "cpu", dtype: str = "float32",
                system_prompt: str | None = None) -> LoadedModel:
     """Load a model as a TransformerLens `HookedTransformer` plus its Hugging Face twin.
@@ -247,20 +270,18 @@ def load_model(name: str = OFFLINE_MODEL, device: str = "cpu", dtype: str = "flo
     `hidden_states[L]` and to what sae_lens trains on.
     """
     from transformer_lens import HookedTransformer
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     start = time.perf_counter()
     torch_dtype = getattr(torch, dtype)
     display, folder = resolve_model_source(name)
     source = str(folder) if folder is not None else name
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(source)
     hf = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype).to(device).eval()
     with _tl_accepts_local_paths():
         tl = HookedTransformer.from_pretrained_no_processing(
             source, hf_model=hf, tokenizer=tokenizer, device=device, dtype=torch_dtype,
-            default_prepend_bos=tokenizer.bos_token is not None,
+            default_prepend_bos=adds_bos(tokenizer),
         )
     tl.eval()
     tl.cfg.model_name = display

