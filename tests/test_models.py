@@ -51,16 +51,20 @@ def test_offline_model_shape_and_cached_gguf(model):
 @pytest.mark.slow
 def test_logprob_parity_with_hugging_face(model):
     """TransformerLens and Hugging Face agree on chat prompts (left-padded batch) to 1e-3."""
+    assert models.logprob_parity(model, CHAT_PROMPTS) <= 1e-3
+
+
+@pytest.mark.slow
+def test_hook_resid_pre_is_the_raw_residual_stream(model):
     enc = model.tokenize_instructions(CHAT_PROMPTS)
     mask = enc["attention_mask"].bool()
     with torch.no_grad():
         hf_out = model.hf(**enc, position_ids=position_ids(enc["attention_mask"]), output_hidden_states=True)
-        tl_logits, cache = model.tl.run_with_cache(enc["input_ids"], attention_mask=enc["attention_mask"],
-                                                   names_filter="blocks.13.hook_resid_pre")
-    diff = (hf_out.logits.log_softmax(-1)[mask] - tl_logits.log_softmax(-1)[mask]).abs().max().item()
-    assert diff <= 1e-3, diff
-    resid = (cache["blocks.13.hook_resid_pre"][mask] - hf_out.hidden_states[13][mask]).abs().max().item()
-    assert resid <= 1e-2, resid  # raw residual stream, up to float32 noise on norms of ~1e3
+        _, cache = model.tl.run_with_cache(enc["input_ids"], attention_mask=enc["attention_mask"],
+                                           names_filter="blocks.13.hook_resid_pre")
+    diff = (cache["blocks.13.hook_resid_pre"][mask] - hf_out.hidden_states[13][mask]).abs()
+    scale = hf_out.hidden_states[13][mask].abs().amax(-1, keepdim=True)
+    assert (diff / scale).max().item() <= 1e-4  # float32 noise relative to each token's largest entry
 
 
 @pytest.mark.slow

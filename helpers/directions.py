@@ -1,0 +1,58 @@
+"""Step 1 of Arditi et al.: candidate refusal directions as differences of mean activations.
+
+For every layer L and every post-instruction position p (negative indices into the
+chat-formatted prompt), `r[p, L] = mean_harmful(resid_pre_L[p]) - mean_harmless(resid_pre_L[p])`,
+accumulated in float64 and not normalised.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from helpers.generation import _batches, last_token_logits, position_ids
+from helpers.judges import refusal_metric
+from helpers.models import LoadedModel
+
+
+def post_instruction_positions(model: LoadedModel) -> list[int]:
+    """Negative indices of the tokens after the instruction (for Qwen: -5..-1)."""
+    n = len(model.post_instruction_tokens())
+    return list(range(-n, 0))
+
+
+@torch.no_grad()
+def mean_activations(model: LoadedModel, instructions: list[str], positions: list[int],
+                     batch_size: int = 16, desc: str = "mean activations") -> Tensor:
+    """Mean `blocks.L.hook_resid_pre` over instructions: `[n_positions, n_layers, d_model]`, float64.
+
+    Runs the Hugging Face twin with `output_hidden_states` (its `hidden_states[L]` is
+    TransformerLens' `blocks.L.hook_resid_pre`; left padding keeps negative positions aligned).
+    """
+    if not instructions:
+        raise ValueError("mean_activations needs at least one instruction.")
+    total = torch.zeros(len(positions), model.n_layers, model.d_model, dtype=torch.float64)
+    for batch in tqdm(_batches(instructions, batch_size), desc=desc, unit="batch"):
+        enc = model.tokenize_instructions(batch)
+        out = model.hf.model(**enc, position_ids=position_ids(enc["attention_mask"]), output_hidden_states=True)
+        resid = torch.stack(out.hidden_states[: model.n_layers], dim=1)  # [batch, layer, pos, d_model]
+        total += resid[:, :, positions, :].permute(2, 1, 0, 3).double().sum(dim=2).cpu()
+    return total / len(instructions)
+
+
+def candidate_directions(model: LoadedModel, harmful: list[str], harmless: list[str],
+                         batch_size: int = 16) -> Tensor:
+    """Difference-in-means candidates `[n_positions, n_layers, d_model]` (float64, not normalised)."""
+    positions = post_instruction_positions(model)
+    mean_harmful = mean_activations(model, harmful, positions, batch_size, "harmful means")
+    mean_harmless = mean_activations(model, harmless, positions, batch_size, "harmless means")
+    return mean_harmful - mean_harmless
+
+
+def filter_by_refusal_metric(model: LoadedModel, harmful: list[str], harmless: list[str], refusal_ids: list[int],
+                             batch_size: int = 16) -> tuple[list[str], list[str]]:
+    """Keep harmful prompts the model refuses (metric > 0) and harmless ones it answers (metric < 0), as Arditi et al."""
+    h = refusal_metric(last_token_logits(model, harmful, batch_size=batch_size), refusal_ids)
+    hl = refusal_metric(last_token_logits(model, harmless, batch_size=batch_size), refusal_ids)
+    return ([p for p, s in zip(harmful, h) if s > 0], [p for p, s in zip(harmless, hl) if s < 0])

@@ -1,0 +1,120 @@
+"""Step 3 of Arditi et al.: test the chosen direction.
+
+- completions and substring refusal rates under ablation / activation addition / subtraction;
+- weight orthogonalization (the ablation folded into the weights) checked against the hooks;
+- side effects: cross-entropy loss on held-out webtext and chat text;
+- geometry: cosine of last-token activations with the direction.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from helpers.generation import _batches, generate, position_ids
+from helpers.hooks import Intervention, hf_hooks
+from helpers.judges import Rate, refusal_rate
+from helpers.models import LoadedModel
+
+
+def conditions(direction: Tensor, layer: int) -> dict[str, Intervention]:
+    """The interventions Arditi et al. evaluate, by name."""
+    return {
+        "none": Intervention(),
+        "ablation": Intervention(ablate=direction),
+        "actadd": Intervention(add=direction, add_layer=layer, coeff=1.0),
+        "actsub": Intervention(add=direction, add_layer=layer, coeff=-1.0),
+    }
+
+
+@dataclass
+class ConditionResult:
+    completions: list[str]
+    rate: Rate
+
+
+def evaluate_refusal(model: LoadedModel, instructions: list[str], interventions: dict[str, Intervention],
+                     max_new_tokens: int, batch_size: int) -> dict[str, ConditionResult]:
+    """Greedy completions and substring refusal rate under each named intervention."""
+    results = {}
+    for name, iv in interventions.items():
+        completions = generate(model, instructions, iv, max_new_tokens=max_new_tokens, batch_size=batch_size)
+        results[name] = ConditionResult(completions, refusal_rate(completions))
+        print(f"  {name:9s} {results[name].rate}", flush=True)
+    return results
+
+
+def _project_out_rows(weight: Tensor, r_hat: Tensor) -> Tensor:
+    """W - r r^T W for a weight whose *output* dimension (rows, nn.Linear layout) is d_model."""
+    return weight - torch.outer(r_hat, r_hat @ weight)
+
+
+@torch.no_grad()
+def orthogonalized_copy(model: LoadedModel, direction: Tensor):
+    """A copy of the Hugging Face model with `direction` projected out of every matrix that writes to the
+    residual stream (token embedding, attention output, MLP output): ablation folded into the weights.
+
+    The unembedding is untied from the embedding first (Qwen2.5-0.5B ties them), so only the
+    writing side changes.
+    """
+    hf = copy.deepcopy(model.hf)
+    r_hat = (direction / direction.norm()).to(next(hf.parameters()).dtype).to(next(hf.parameters()).device)
+    emb = hf.get_input_embeddings()
+    if hf.get_output_embeddings() is not None and hf.get_output_embeddings().weight is emb.weight:
+        hf.get_output_embeddings().weight = torch.nn.Parameter(emb.weight.detach().clone())
+    emb.weight.data = emb.weight.data - torch.outer(emb.weight.data @ r_hat, r_hat)  # rows are token vectors
+    for layer in hf.model.layers:
+        for linear in (layer.self_attn.o_proj, layer.mlp.down_proj):
+            linear.weight.data = _project_out_rows(linear.weight.data, r_hat)
+            if linear.bias is not None:
+                linear.bias.data = linear.bias.data - (linear.bias.data @ r_hat) * r_hat
+    return hf
+
+
+@torch.no_grad()
+def orthogonalization_check(model: LoadedModel, direction: Tensor, instructions: list[str]) -> float:
+    """Relative difference ||logits_orth - logits_hooked|| / ||logits_hooked|| over all real positions."""
+    orth = orthogonalized_copy(model, direction)
+    enc = model.tokenize_instructions(instructions)
+    pos = position_ids(enc["attention_mask"])
+    mask = enc["attention_mask"].bool()
+    with hf_hooks(model.hf, Intervention(ablate=direction)):
+        hooked = model.hf(**enc, position_ids=pos).logits[mask]
+    folded = orth(**enc, position_ids=pos).logits[mask]
+    del orth
+    return ((folded - hooked).norm() / hooked.norm()).item()
+
+
+@torch.no_grad()
+def cross_entropy(model: LoadedModel, windows: list[list[int]], intervention: Intervention = Intervention(),
+                  batch_size: int = 8) -> float:
+    """Mean next-token cross-entropy (nats) over token windows (e.g. from `corpora.token_windows`)."""
+    total, count = 0.0, 0
+    for batch in tqdm(_batches(windows, batch_size), desc="cross-entropy", unit="batch", leave=False):
+        ids = torch.tensor(batch, device=model.device)
+        with hf_hooks(model.hf, intervention):
+            logits = model.hf(input_ids=ids).logits[:, :-1]
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
+                                                 ids[:, 1:].reshape(-1), reduction="sum")
+        total += loss.item()
+        count += ids[:, 1:].numel()
+    return total / count
+
+
+@torch.no_grad()
+def last_token_cosines(model: LoadedModel, instructions: list[str], direction: Tensor, layer: int,
+                       batch_size: int = 16) -> list[float]:
+    """Cosine between each prompt's last-token `blocks.{layer}.hook_resid_pre` and the direction."""
+    r_hat = direction / direction.norm()
+    out = []
+    for batch in _batches(instructions, batch_size):
+        enc = model.tokenize_instructions(batch)
+        hidden = model.hf.model(**enc, position_ids=position_ids(enc["attention_mask"]),
+                                output_hidden_states=True).hidden_states[layer][:, -1]
+        out.extend(torch.nn.functional.cosine_similarity(hidden.float(), r_hat[None].to(hidden), dim=-1).tolist())
+    return out
+
