@@ -7,6 +7,10 @@ Generation runs on the Hugging Face twin with `generate` (KV cache, ~4x faster t
 
 from __future__ import annotations
 
+import contextlib
+from dataclasses import dataclass
+from typing import Iterator
+
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -66,4 +70,62 @@ def last_token_logits(model: LoadedModel, instructions: list[str], intervention:
             hidden = model.hf.model(**enc, position_ids=position_ids(enc["attention_mask"])).last_hidden_state
         logits = model.hf.lm_head(hidden[:, -1, :])  # only the last position: skips most of the unembedding
         result[batch] = logits.float().cpu()
+    return result
+
+
+@dataclass
+class PromptBatches:
+    """Length-sorted batches of chat-formatted prompts with their clean residual streams, so that passes
+    intervening at layer L can start at L instead of recomputing layers 0..L-1."""
+
+    order: list[int]
+    encodings: list[dict[str, Tensor]]
+    hidden: list[tuple[Tensor, ...]]  # per batch: resid_pre of every layer, [batch, pos, d_model] each
+    clean_logits: Tensor  # [n, d_vocab] at the last position, input order
+
+
+@torch.no_grad()
+def cache_prompt_batches(model: LoadedModel, instructions: list[str], batch_size: int = 16) -> PromptBatches:
+    """Run the prompts once, keeping every layer's residual stream and the last-position logits."""
+    order = _length_sorted(instructions)
+    encodings, hidden = [], []
+    logits = torch.empty(len(instructions), model.tl.cfg.d_vocab)
+    for batch in _batches(order, batch_size):
+        enc = model.tokenize_instructions([instructions[i] for i in batch])
+        out = model.hf.model(**enc, position_ids=position_ids(enc["attention_mask"]), output_hidden_states=True)
+        encodings.append(enc)
+        hidden.append(tuple(h for h in out.hidden_states[: model.n_layers]))
+        logits[batch] = model.hf.lm_head(out.last_hidden_state[:, -1]).float().cpu()
+    return PromptBatches(order=order, encodings=encodings, hidden=hidden, clean_logits=logits)
+
+
+@contextlib.contextmanager
+def _layers_from(hf_model, layer: int) -> Iterator[None]:
+    """Temporarily drop the first `layer` decoder layers (their output is supplied as `inputs_embeds`)."""
+    inner = hf_model.model
+    full, types = inner.layers, getattr(inner.config, "layer_types", None)
+    inner.layers = torch.nn.ModuleList(list(full)[layer:])
+    if types is not None:
+        inner.config.layer_types = types[layer:]
+    try:
+        yield
+    finally:
+        inner.layers = full
+        if types is not None:
+            inner.config.layer_types = types
+
+
+@torch.no_grad()
+def last_token_logits_from_layer(model: LoadedModel, batches: PromptBatches, layer: int,
+                                 intervention: Intervention = NO_INTERVENTION) -> Tensor:
+    """Like `last_token_logits`, for an intervention that changes nothing below `layer`: starts from the
+    cached `blocks.{layer}.hook_resid_pre` (equal results, less compute)."""
+    result = torch.empty_like(batches.clean_logits)
+    for batch, enc, hidden in zip(_batches(batches.order, len(batches.encodings[0]["input_ids"])),
+                                  batches.encodings, batches.hidden):
+        # Hooks first (they attach to layer modules by index), then the shortened layer list.
+        with hf_hooks(model.hf, intervention), _layers_from(model.hf, layer):
+            out = model.hf.model(inputs_embeds=hidden[layer], attention_mask=enc["attention_mask"],
+                                 position_ids=position_ids(enc["attention_mask"]), use_cache=False)
+        result[batch] = model.hf.lm_head(out.last_hidden_state[:, -1]).float().cpu()
     return result

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from helpers.generation import last_token_logits
+from helpers.generation import cache_prompt_batches, last_token_logits, last_token_logits_from_layer
 from helpers.hooks import Intervention
 from helpers.judges import refusal_metric
 from helpers.models import LoadedModel
@@ -56,7 +56,8 @@ def score_candidates(model: LoadedModel, mean_diffs: Tensor, positions: list[int
     shape = (n_pos, n_layers)
     bypass, induce, kl = (torch.full(shape, math.nan) for _ in range(3))
     clean_harmful = last_token_logits(model, harmful_val, batch_size=batch_size)
-    clean_harmless = last_token_logits(model, harmless_val, batch_size=batch_size)
+    harmless_batches = cache_prompt_batches(model, harmless_val, batch_size)  # induce passes start at their layer
+    clean_harmless = harmless_batches.clean_logits
     todo = [(p, layer) for p in range(n_pos) for layer in range(0, max_layer, layer_step)]
     for p, layer in tqdm(todo, desc="scoring candidates", unit="cand"):
         r = mean_diffs[p, layer].float()
@@ -65,7 +66,8 @@ def score_candidates(model: LoadedModel, mean_diffs: Tensor, positions: list[int
         ablated_harmless = last_token_logits(model, harmless_val, ablate, batch_size)
         kl[p, layer] = kl_last_token(clean_harmless, ablated_harmless).mean()
         add = Intervention(add=r, add_layer=layer, coeff=1.0)
-        induce[p, layer] = refusal_metric(last_token_logits(model, harmless_val, add, batch_size), refusal_ids).mean()
+        induce[p, layer] = refusal_metric(last_token_logits_from_layer(model, harmless_batches, layer, add),
+                                          refusal_ids).mean()
     return CandidateScores(positions=positions, bypass=bypass, induce=induce, kl=kl,
                            baseline_harmful=refusal_metric(clean_harmful, refusal_ids).mean().item(),
                            baseline_harmless=refusal_metric(clean_harmless, refusal_ids).mean().item())

@@ -63,3 +63,18 @@ def test_generation_is_batch_invariant_and_ordered(model):
     one_by_one = [generate(model, [p], max_new_tokens=6, progress=False)[0] for p in PROMPTS]
     batched = generate(model, PROMPTS, max_new_tokens=6, batch_size=3, progress=False)
     assert batched == one_by_one
+
+
+@pytest.mark.slow
+def test_starting_at_a_layer_matches_a_full_pass(model):
+    from helpers.generation import cache_prompt_batches, last_token_logits_from_layer
+
+    torch.manual_seed(5)
+    r = torch.randn(model.d_model) * 5
+    batches = cache_prompt_batches(model, PROMPTS, batch_size=2)
+    assert torch.allclose(batches.clean_logits, last_token_logits(model, PROMPTS), atol=1e-3)
+    for layer in (0, 9):
+        iv = Intervention(add=r, add_layer=layer)
+        full = last_token_logits(model, PROMPTS, iv, batch_size=2)
+        assert torch.allclose(last_token_logits_from_layer(model, batches, layer, iv), full, atol=2e-3)
+    assert len(model.hf.model.layers) == model.n_layers, "the layer list is restored"

@@ -1,0 +1,248 @@
+"""Train, save, load and evaluate SAEs with sae_lens, from an activation cache.
+
+Training uses sae_lens' own `SAETrainer` fed by `ActivationCache.data_provider` (no model in the
+loop). The default architecture is Kissane et al.'s standard ReLU SAE with an L1 penalty scaled
+by decoder norms (sae_lens' "standard" SAE), `apply_b_dec_to_input=False` and
+`normalize_activations="expected_average_only_in"`.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from helpers.activations import ActivationCache
+from helpers.config import SAEConfig
+from helpers.models import LoadedModel
+
+
+class SAEMismatchError(ValueError):
+    """An SAE does not fit the model or hook it is used with."""
+
+
+def training_sae(sae_cfg: SAEConfig, d_in: int, hook_name: str, model_name: str, context_size: int,
+                 device: str = "cpu"):
+    """A fresh sae_lens TrainingSAE of the configured architecture."""
+    from sae_lens import (BatchTopKTrainingSAEConfig, JumpReLUTrainingSAEConfig, StandardTrainingSAEConfig,
+                          TopKTrainingSAEConfig, TrainingSAE)
+    from sae_lens.saes.sae import SAEMetadata
+
+    meta = SAEMetadata(model_name=model_name, hook_name=hook_name, context_size=context_size, prepend_bos=False)
+    common = dict(d_in=d_in, d_sae=sae_cfg.d_sae, apply_b_dec_to_input=False,
+                  normalize_activations="expected_average_only_in", device=device, metadata=meta)
+    if sae_cfg.architecture == "standard":
+        cfg = StandardTrainingSAEConfig(l1_coefficient=sae_cfg.l1_coefficient, **common)
+    elif sae_cfg.architecture == "topk":
+        cfg = TopKTrainingSAEConfig(k=sae_cfg.k, **common)
+    elif sae_cfg.architecture == "batchtopk":
+        cfg = BatchTopKTrainingSAEConfig(k=sae_cfg.k, **common)
+    elif sae_cfg.architecture == "jumprelu":
+        cfg = JumpReLUTrainingSAEConfig(l0_coefficient=sae_cfg.l1_coefficient, **common)
+    else:
+        raise ValueError(f"Unknown SAE architecture {sae_cfg.architecture!r}; valid: standard, topk, batchtopk, jumprelu")
+    return TrainingSAE.from_dict(cfg.to_dict())
+
+
+def _trainer_class():
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    class RecordingTrainer(SAETrainer):
+        """sae_lens' trainer, recording the losses and L0 of every step for training curves."""
+
+        history: list[dict]
+
+        def _update_pbar(self, step_output, pbar, update_interval: int = 20):  # noqa: D401
+            if not hasattr(self, "history"):
+                self.history = []
+            if self.n_training_steps % update_interval == 0:
+                row = {"step": self.n_training_steps, "tokens": self.n_training_samples,
+                       "l0": (step_output.feature_acts > 0).float().sum(-1).mean().item()}
+                row.update({k: float(v.item()) for k, v in step_output.losses.items()})
+                self.history.append(row)
+                pbar.set_description(f"step {self.n_training_steps} | mse {row.get('mse_loss', math.nan):.4f} | "
+                                     f"L0 {row['l0']:.1f}")
+                pbar.update(update_interval * self.cfg.train_batch_size_samples)
+
+    return RecordingTrainer
+
+
+def train_sae(cache: ActivationCache, sae_cfg: SAEConfig, seed: int = 0, device: str = "cpu",
+              n_batches_for_norm_estimate: int = 20):
+    """Train an SAE on a cache with sae_lens' SAETrainer; returns (sae, history, seconds)."""
+    from sae_lens.config import LoggingConfig, SAETrainerConfig
+
+    torch.manual_seed(seed)
+    m = cache.manifest
+    sae = training_sae(sae_cfg, m.d_model, m.hook_name, m.model, m.context_size, device)
+    steps = sae_cfg.training_tokens // sae_cfg.train_batch_size_tokens
+    trainer_cfg = SAETrainerConfig(
+        total_training_samples=sae_cfg.training_tokens, train_batch_size_samples=sae_cfg.train_batch_size_tokens,
+        lr=sae_cfg.lr, lr_warm_up_steps=max(1, steps // 20), lr_decay_steps=steps // 5, device=device,
+        dead_feature_window=max(1, steps // 4), feature_sampling_window=max(1, steps // 4),
+        n_batches_for_norm_estimate=n_batches_for_norm_estimate, logger=LoggingConfig(log_to_wandb=False))
+    trainer = _trainer_class()(trainer_cfg, sae, cache.data_provider(sae_cfg.train_batch_size_tokens, seed=seed))
+    trainer.history = []
+    start = time.perf_counter()
+    sae = trainer.fit()
+    return sae, trainer.history, time.perf_counter() - start
+
+
+def save_sae(sae, folder: Path, extra: dict | None = None) -> Path:
+    """Save in sae_lens' inference format (loadable with `sae_lens.SAE.load_from_disk`), plus `extra` as JSON."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    sae.save_inference_model(str(folder))
+    if extra:
+        (folder / "training.json").write_text(json.dumps(extra, indent=1, default=float))
+    return folder
+
+
+def load_sae(source: str | Path, model: LoadedModel | None = None, hook_name: str | None = None,
+             sae_id: str | None = None, device: str = "cpu"):
+    """Load a saved SAE folder or a pretrained sae_lens release (`source=release, sae_id=...`), and check it
+    fits the model (d_in = d_model) and the hook."""
+    from sae_lens import SAE
+
+    path = Path(source)
+    if path.is_dir():
+        if not (path / "cfg.json").exists():
+            raise FileNotFoundError(f"{path} holds no sae_lens SAE (no cfg.json). Train one with notebook 02 first.")
+        sae = SAE.load_from_disk(str(path), device=device)
+    else:
+        if sae_id is None:
+            raise ValueError(f"{source!r} is not a folder; for a pretrained release also pass sae_id=...")
+        sae = SAE.from_pretrained(str(source), sae_id, device=device)
+    sae_hook = sae.cfg.metadata.hook_name
+    if hook_name is not None and sae_hook != hook_name:
+        raise SAEMismatchError(f"SAE {source} was trained on {sae_hook!r}, not {hook_name!r}.")
+    if model is not None and sae.cfg.d_in != model.d_model:
+        raise SAEMismatchError(f"SAE {source} has d_in={sae.cfg.d_in} but {model.name} has d_model={model.d_model}.")
+    return sae
+
+
+@dataclass
+class ReconstructionStats:
+    l0: float
+    explained_variance: float
+    mse: float
+    dead_fraction: float
+    n_tokens: int
+
+
+@torch.no_grad()
+def reconstruction_stats(sae, acts: Tensor, batch_size: int = 4096) -> ReconstructionStats:
+    """L0, explained variance (1 - SSE / total variance), MSE per element, and the fraction of latents
+    that never fire on `acts`."""
+    sse = l0 = 0.0
+    fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
+    for b in range(0, len(acts), batch_size):
+        x = acts[b:b + batch_size].float()
+        f = sae.encode(x)
+        x_hat = sae.decode(f)
+        sse += (x - x_hat).pow(2).sum().item()
+        l0 += (f > 0).sum().item()
+        fired |= (f > 0).any(0).cpu()
+    total_var = (acts.float() - acts.float().mean(0)).pow(2).sum().item()
+    n = len(acts)
+    return ReconstructionStats(l0=l0 / n, explained_variance=1 - sse / total_var, mse=sse / (n * acts.shape[1]),
+                               dead_fraction=1 - fired.float().mean().item(), n_tokens=n)
+
+
+@torch.no_grad()
+def spliced_losses(model: LoadedModel, sae, windows: list[list[int]], hook_name: str, batch_size: int = 8,
+                   outlier_factor: float | None = 10.0) -> dict[str, float]:
+    """Next-token cross-entropy with the SAE's reconstruction spliced in at `hook_name`, against clean and
+    zero-ablation; `loss_recovered = (CE_zero - CE_sae) / (CE_zero - CE_clean)`.
+
+    The positions training left out (the first token, norm outliers) keep their clean activations.
+    """
+    totals = {"clean": 0.0, "sae": 0.0, "zero": 0.0}
+    count = 0
+
+    def spliced(mode: str):
+        def hook(resid: Tensor, hook) -> Tensor:
+            norms = resid.norm(dim=-1)
+            mask = torch.ones_like(norms, dtype=torch.bool)
+            mask[:, 0] = False
+            if outlier_factor is not None:
+                mask &= norms <= outlier_factor * norms[:, 1:].median()
+            new = sae.decode(sae.encode(resid)) if mode == "sae" else torch.zeros_like(resid)
+            return torch.where(mask[..., None], new.to(resid.dtype), resid)
+        return hook
+
+    for b in tqdm(range(0, len(windows), batch_size), desc="spliced CE", leave=False):
+        ids = torch.tensor(windows[b:b + batch_size], device=model.device)
+        n = ids[:, 1:].numel()
+        totals["clean"] += model.tl(ids, return_type="loss").item() * n
+        for mode in ("sae", "zero"):
+            loss = model.tl.run_with_hooks(ids, return_type="loss", fwd_hooks=[(hook_name, spliced(mode))])
+            totals[mode] += loss.item() * n
+        count += n
+    ce = {k: v / count for k, v in totals.items()}
+    ce["loss_recovered"] = (ce["zero"] - ce["sae"]) / (ce["zero"] - ce["clean"])
+    return ce
+
+
+@torch.no_grad()
+def top_activating_examples(sae, acts: Tensor, token_ids: Tensor, positions: Tensor, tokenizer, latents: list[int],
+                            k: int = 5, context: int = 12) -> dict[int, list[dict]]:
+    """For each latent, the k held-out tokens where it fires most, with up to `context` preceding cached
+    tokens of the same window."""
+    feats = torch.cat([sae.encode(acts[b:b + 4096].float())[:, latents] for b in range(0, len(acts), 4096)])
+    out = {}
+    for j, latent in enumerate(latents):
+        values, idx = feats[:, j].topk(min(k, len(feats)))
+        rows = []
+        for v, i in zip(values.tolist(), idx.tolist()):
+            if v <= 0:
+                break
+            start = i
+            while start > max(0, i - context) and positions[start - 1] < positions[start]:
+                start -= 1
+            before = tokenizer.decode(token_ids[start:i].tolist())
+            rows.append({"activation": v, "before": before, "token": tokenizer.decode([int(token_ids[i])])})
+        out[latent] = rows
+    return out
+
+
+def examples_html(examples: dict[int, list[dict]], title: str) -> str:
+    """Top-activating examples as HTML, the activating token highlighted."""
+    parts = [f"<h3>{html.escape(title)}</h3>"]
+    for latent, rows in examples.items():
+        parts.append(f"<b>latent {latent}</b>" + ("" if rows else " (never fires on held-out data)") + "<ul>")
+        for r in rows:
+            parts.append(f"<li><code>{r['activation']:.2f}</code> {html.escape(r['before'])}"
+                         f"<mark><b>{html.escape(r['token'])}</b></mark></li>")
+        parts.append("</ul>")
+    return "\n".join(parts)
+
+
+def tune_l1(cache: ActivationCache, heldout: Tensor, sae_cfg: SAEConfig, coefficients: tuple[float, ...],
+            tokens: int, target_l0: float, seed: int = 0) -> tuple[float, list[dict]]:
+    """Short runs at each L1 coefficient; returns the coefficient interpolated (in log-log space) to give
+    `target_l0` on held-out activations, and the table of (coefficient, L0, explained variance)."""
+    from dataclasses import replace
+
+    table = []
+    for coeff in coefficients:
+        sae, _, _ = train_sae(cache, replace(sae_cfg, l1_coefficient=coeff, training_tokens=tokens), seed=seed)
+        stats = reconstruction_stats(sae, heldout)
+        table.append({"l1_coefficient": coeff, "l0": stats.l0, "explained_variance": stats.explained_variance})
+    pts = sorted((math.log(r["l1_coefficient"]), math.log(max(r["l0"], 1e-3))) for r in table)
+    target = math.log(target_l0)
+    # L0 falls as the coefficient grows: find the bracketing pair, else extrapolate from the nearest two.
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+        if min(y0, y1) <= target <= max(y0, y1):
+            break
+    else:
+        (x0, y0), (x1, y1) = (pts[:2] if target > pts[0][1] else pts[-2:])
+    x = x0 if y1 == y0 else x0 + (target - y0) * (x1 - x0) / (y1 - y0)
+    return math.exp(x), table
