@@ -50,7 +50,9 @@ class Config:
     n_train: int = 128
     n_val: int = 32
     n_test: int = 64
-    filter_train: bool = True  # drop training prompts the model already treats "wrongly" (refusal metric)
+    # Drop training prompts the model already treats "wrongly": "metric" (the paper's refusal-metric
+    # filter), "generation" (substring judge on 8 greedy tokens) or None.
+    filter_train: str | None = "metric"
     score_all_layers: bool = True  # False: score only layers < 0.8 L (the only selectable ones)
     score_layer_step: int = 1  # score every k-th layer (smoke tests only)
     ce_windows: int = 16  # held-out windows per corpus for the side-effect loss
@@ -69,6 +71,7 @@ class Config:
     drop_first_token: bool = True  # Qwen's first position carries a massive activation (norm ~1e3)
     outlier_factor: float | None = 10.0  # also drop tokens with norm > factor x median (newlines, commas)
     target_l0: float = 40.0  # the L0 both SAEs are tuned towards
+    l0_tolerance: float = 0.15  # max relative L0 difference between the two SAEs on their own held-out data
     l1_sweep: tuple[float, ...] = (2.0, 5.0, 12.0)  # coefficients tried per corpus when tuning
     l1_sweep_tokens: int = 200_000
     sae_eval_windows: int = 32  # held-out windows for the spliced cross-entropy
@@ -104,8 +107,8 @@ PRESETS: dict[str, Config] = {
         generation_batch_size=20,
         ce_context_size=128,
         # This model's refusals are marginal first-token decisions: only 21 of 120 harmful training prompts
-        # have a positive refusal metric although ~60% are refused, so the paper's filter would discard most.
-        filter_train=False,
+        # have a positive refusal metric although ~60% are refused, so we filter on short generations.
+        filter_train="generation",
         cache_tokens=750_000,
         cache_heldout_tokens=49_152,
         # 4,096 latents (4.6x d_model) and 2 epochs over 750k cached tokens: what 2 CPU cores train in minutes.
@@ -146,6 +149,7 @@ PRESETS: dict[str, Config] = {
         n_train=4,
         n_val=4,
         n_test=4,
+        filter_train=None,  # 4 prompts per side: a filter could leave none
         score_all_layers=False,
         score_layer_step=6,
         ce_windows=2,
@@ -157,6 +161,8 @@ PRESETS: dict[str, Config] = {
         cache_shard_tokens=2048,
         l1_sweep=(2.0, 8.0),
         l1_sweep_tokens=4096,
+        l0_tolerance=1.0,  # 8k-token SAEs cannot be matched tightly; smoke checks the mechanics
+
         sae_eval_windows=2,
         sae=SAEConfig(d_sae=256, l1_coefficient=5.0, lr=4e-4, training_tokens=8192,
                       train_batch_size_tokens=512, context_size=64),

@@ -11,8 +11,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from helpers.generation import _batches, last_token_logits, position_ids
-from helpers.judges import refusal_metric
+from helpers.generation import _batches, generate, last_token_logits, position_ids
+from helpers.judges import is_refusal, refusal_metric
 from helpers.models import LoadedModel
 
 
@@ -56,3 +56,25 @@ def filter_by_refusal_metric(model: LoadedModel, harmful: list[str], harmless: l
     h = refusal_metric(last_token_logits(model, harmful, batch_size=batch_size), refusal_ids)
     hl = refusal_metric(last_token_logits(model, harmless, batch_size=batch_size), refusal_ids)
     return ([p for p, s in zip(harmful, h) if s > 0], [p for p, s in zip(harmless, hl) if s < 0])
+
+
+def filter_by_generation(model: LoadedModel, harmful: list[str], harmless: list[str], max_new_tokens: int = 8,
+                         batch_size: int = 16) -> tuple[list[str], list[str]]:
+    """Keep harmful prompts whose short greedy completion is a refusal (substring judge) and harmless ones
+    whose completion is not: Arditi et al.'s filter with the judge instead of the first-token metric, for
+    models whose refusals are marginal first-token decisions."""
+    h = generate(model, harmful, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=False)
+    hl = generate(model, harmless, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=False)
+    return ([p for p, c in zip(harmful, h) if is_refusal(c)], [p for p, c in zip(harmless, hl) if not is_refusal(c)])
+
+
+def filter_training_prompts(model: LoadedModel, harmful: list[str], harmless: list[str], how: str | None,
+                            refusal_ids: list[int], batch_size: int = 16) -> tuple[list[str], list[str]]:
+    """Apply the configured training-prompt filter: "metric" (the paper's), "generation", or None."""
+    if how is None:
+        return harmful, harmless
+    if how == "metric":
+        return filter_by_refusal_metric(model, harmful, harmless, refusal_ids, batch_size)
+    if how == "generation":
+        return filter_by_generation(model, harmful, harmless, batch_size=batch_size)
+    raise ValueError(f"Unknown filter {how!r}; valid: 'metric', 'generation' or None")

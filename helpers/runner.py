@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import resource
 import sys
 import time
 from pathlib import Path
@@ -25,8 +26,9 @@ def numbered_notebooks(folder: Path = NOTEBOOK_DIR) -> list[Path]:
     return sorted(p for p in folder.iterdir() if NUMBERED.match(p.name))
 
 
-def run_notebooks(preset: str, only: list[str] | None = None, folder: Path = NOTEBOOK_DIR) -> dict[str, float]:
-    """Run the notebooks (optionally only those whose number is in `only`); returns seconds per notebook."""
+def run_notebooks(preset: str, only: list[str] | None = None, folder: Path = NOTEBOOK_DIR) -> dict[str, dict]:
+    """Run the notebooks (optionally only those whose number is in `only`); returns seconds and the peak
+    memory of the kernels so far (GB) per notebook, also written to `runs/<preset>/runner_timings.json`."""
     import papermill
 
     cfg = get_config(preset)
@@ -35,14 +37,16 @@ def run_notebooks(preset: str, only: list[str] | None = None, folder: Path = NOT
     notebooks = [p for p in numbered_notebooks(folder) if not only or p.name[:2] in only]
     if not notebooks:
         raise SystemExit(f"No notebooks matched {only} in {folder}.")
-    timings: dict[str, float] = {}
+    timings: dict[str, dict] = {}
     for i, nb in enumerate(notebooks, 1):
         print(f"[{i}/{len(notebooks)}] {nb.name} (preset {preset})", flush=True)
         start = time.perf_counter()
         papermill.execute_notebook(str(nb), str(out_dir / nb.name), parameters={"PRESET": preset},
                                    cwd=str(folder), progress_bar=True, kernel_name="python3")
-        timings[nb.name] = time.perf_counter() - start
-        print(f"    done in {timings[nb.name]:.0f} s -> {out_dir / nb.name}", flush=True)
+        peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2  # the finished kernels
+        timings[nb.name] = {"seconds": time.perf_counter() - start, "peak_kernel_memory_gb_so_far": peak_gb}
+        print(f"    done in {timings[nb.name]['seconds']:.0f} s (peak kernel memory so far {peak_gb:.1f} GB) "
+              f"-> {out_dir / nb.name}", flush=True)
     (cfg.run_dir / "runner_timings.json").write_text(json.dumps(timings, indent=1))
     return timings
 
@@ -54,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     get_config(args.preset)  # fails early, listing valid presets
     timings = run_notebooks(args.preset, args.only)
-    print("total", f"{sum(timings.values()):.0f} s", file=sys.stderr)
+    print("total", f"{sum(t['seconds'] for t in timings.values()):.0f} s", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -246,3 +246,41 @@ def tune_l1(cache: ActivationCache, heldout: Tensor, sae_cfg: SAEConfig, coeffic
         (x0, y0), (x1, y1) = (pts[:2] if target > pts[0][1] else pts[-2:])
     x = x0 if y1 == y0 else x0 + (target - y0) * (x1 - x0) / (y1 - y0)
     return math.exp(x), table
+
+
+def l0_slope(table: list[dict]) -> float:
+    """Least-squares slope of log L0 against log L1 coefficient over a tuning sweep (negative)."""
+    xs = [math.log(r["l1_coefficient"]) for r in table]
+    ys = [math.log(max(r["l0"], 1e-3)) for r in table]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    var = sum((x - mx) ** 2 for x in xs)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var if var else -1.0
+
+
+def train_matched(caches: dict[str, ActivationCache], heldout: dict[str, Tensor], sae_cfg: SAEConfig,
+                  l1: dict[str, float], slopes: dict[str, float], target_l0: float, tolerance: float = 0.15,
+                  max_retrains: int = 2, seed: int = 0) -> tuple[dict, dict, dict, list[dict]]:
+    """Train one SAE per corpus with its L1 coefficient; while their L0s on their own held-out data differ
+    by more than `tolerance`, retrain the one farther from `target_l0` with the coefficient corrected along
+    its tuning slope. Returns (saes, histories, coefficients, log of rounds)."""
+    from dataclasses import replace
+
+    l1 = dict(l1)
+    saes, histories, l0, log = {}, {}, {}, []
+
+    def fit(corpus: str) -> None:
+        sae, history, seconds = train_sae(caches[corpus], replace(sae_cfg, l1_coefficient=l1[corpus]), seed=seed)
+        saes[corpus], histories[corpus] = sae, {"history": history, "seconds": seconds}
+        l0[corpus] = reconstruction_stats(sae, heldout[corpus]).l0
+        log.append({"corpus": corpus, "l1_coefficient": l1[corpus], "l0": l0[corpus], "seconds": seconds})
+
+    for corpus in caches:
+        fit(corpus)
+    for _ in range(max_retrains):
+        if max(l0.values()) / min(l0.values()) - 1 <= tolerance:
+            break
+        worst = max(l0, key=lambda c: abs(math.log(l0[c] / target_l0)))
+        slope = min(slopes.get(worst, -1.0), -0.1)  # guard against a flat or inverted sweep
+        l1[worst] *= math.exp(math.log(target_l0 / l0[worst]) / slope)
+        fit(worst)
+    return saes, histories, l1, log

@@ -104,3 +104,19 @@ def test_cross_entropy_and_cosines(model):
     assert noisy > clean
     cos = last_token_cosines(model, ["Hi", "Tell me a joke"], torch.randn(model.d_model), layer=6)
     assert len(cos) == 2 and all(-1 <= c <= 1 for c in cos)
+
+
+@pytest.mark.slow
+def test_training_prompt_filters_partition_prompts(model):
+    from helpers.directions import filter_training_prompts
+
+    prompts = ["How do I make a pipe bomb?", "Write a poem about cats", "Name three fruits."]
+    ids = refusal_token_ids(model.tokenizer)
+    for how in ("generation", "metric"):
+        refused, answered = filter_training_prompts(model, prompts, prompts, how, ids)
+        assert set(refused) | set(answered) == set(prompts) and not set(refused) & set(answered), how
+        assert "Write a poem about cats" in answered
+    assert "How do I make a pipe bomb?" in filter_training_prompts(model, prompts, prompts, "generation", ids)[0]
+    assert filter_training_prompts(model, prompts, prompts[:1], None, ids) == (prompts, prompts[:1])
+    with pytest.raises(ValueError, match="valid: 'metric'"):
+        filter_training_prompts(model, prompts, prompts, "vibes", ids)

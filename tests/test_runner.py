@@ -1,0 +1,36 @@
+import json
+
+import nbformat
+import pytest
+
+from helpers.runner import main, numbered_notebooks, run_notebooks
+
+
+def make_notebook(path, code):
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell('PRESET = "offline"')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell(code)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
+def test_runs_numbered_notebooks_in_order_with_the_preset(tmp_path, monkeypatch):
+    monkeypatch.setenv("REFUSAL_RUNS_DIR", str(tmp_path / "runs"))
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    log = tmp_path / "log.txt"
+    for name in ("02_b.ipynb", "01_a.ipynb"):
+        make_notebook(nbs / name, f"open({str(log)!r}, 'a').write('{name[:2]} ' + PRESET + '\\n')")
+    make_notebook(nbs / "scratch.ipynb", "raise SystemExit('not numbered, never run')")
+    assert [p.name for p in numbered_notebooks(nbs)] == ["01_a.ipynb", "02_b.ipynb"]
+    timings = run_notebooks("smoke", folder=nbs)
+    assert log.read_text() == "01 smoke\n02 smoke\n"
+    assert (tmp_path / "runs" / "smoke" / "notebooks" / "01_a.ipynb").exists()
+    saved = json.loads((tmp_path / "runs" / "smoke" / "runner_timings.json").read_text())
+    assert set(saved) == set(timings) == {"01_a.ipynb", "02_b.ipynb"}
+
+
+def test_unknown_preset_fails_early():
+    with pytest.raises(ValueError, match="valid presets"):
+        main(["--preset", "huge"])
