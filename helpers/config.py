@@ -160,12 +160,12 @@ PRESETS: dict[str, Config] = {
         cache_batch_windows=4,
         cache_shard_tokens=2048,
         l1_sweep=(2.0, 8.0),
-        l1_sweep_tokens=4096,
+        l1_sweep_tokens=8192,
         l0_tolerance=1.0,  # 8k-token SAEs cannot be matched tightly; smoke checks the mechanics
 
         sae_eval_windows=2,
-        sae=SAEConfig(d_sae=256, l1_coefficient=5.0, lr=4e-4, training_tokens=8192,
-                      train_batch_size_tokens=512, context_size=64),
+        sae=SAEConfig(d_sae=256, l1_coefficient=5.0, lr=1e-3, training_tokens=32768,
+                      train_batch_size_tokens=256, context_size=64),
     ),
 }
 

@@ -59,17 +59,19 @@ def _trainer_class():
 
         history: list[dict]
 
-        def _update_pbar(self, step_output, pbar, update_interval: int = 20):  # noqa: D401
+        def _update_pbar(self, step_output, pbar, update_interval: int = 1):  # called after every step
+            pbar.update(self.cfg.train_batch_size_samples)
+            every = max(1, self.cfg.total_training_steps // 200)
+            if (self.n_training_steps - 1) % every and self.n_training_steps != self.cfg.total_training_steps:
+                return
             if not hasattr(self, "history"):
                 self.history = []
-            if self.n_training_steps % update_interval == 0:
-                row = {"step": self.n_training_steps, "tokens": self.n_training_samples,
-                       "l0": (step_output.feature_acts > 0).float().sum(-1).mean().item()}
-                row.update({k: float(v.item()) for k, v in step_output.losses.items()})
-                self.history.append(row)
-                pbar.set_description(f"step {self.n_training_steps} | mse {row.get('mse_loss', math.nan):.4f} | "
-                                     f"L0 {row['l0']:.1f}")
-                pbar.update(update_interval * self.cfg.train_batch_size_samples)
+            row = {"step": self.n_training_steps, "tokens": self.n_training_samples,
+                   "l0": (step_output.feature_acts > 0).float().sum(-1).mean().item()}
+            row.update({k: float(v.item()) for k, v in step_output.losses.items()})
+            self.history.append(row)
+            pbar.set_description(f"step {self.n_training_steps} | mse {row.get('mse_loss', math.nan):.4f} | "
+                                 f"L0 {row['l0']:.1f}")
 
     return RecordingTrainer
 
@@ -85,7 +87,8 @@ def train_sae(cache: ActivationCache, sae_cfg: SAEConfig, seed: int = 0, device:
     steps = sae_cfg.training_tokens // sae_cfg.train_batch_size_tokens
     trainer_cfg = SAETrainerConfig(
         total_training_samples=sae_cfg.training_tokens, train_batch_size_samples=sae_cfg.train_batch_size_tokens,
-        lr=sae_cfg.lr, lr_warm_up_steps=max(1, steps // 20), lr_decay_steps=steps // 5, device=device,
+        lr=sae_cfg.lr, lr_end=sae_cfg.lr / 10, lr_warm_up_steps=max(1, steps // 20), lr_decay_steps=steps // 5,
+        device=device,
         dead_feature_window=max(1, steps // 4), feature_sampling_window=max(1, steps // 4),
         n_batches_for_norm_estimate=n_batches_for_norm_estimate, logger=LoggingConfig(log_to_wandb=False))
     trainer = _trainer_class()(trainer_cfg, sae, cache.data_provider(sae_cfg.train_batch_size_tokens, seed=seed))
@@ -277,7 +280,7 @@ def train_matched(caches: dict[str, ActivationCache], heldout: dict[str, Tensor]
     for corpus in caches:
         fit(corpus)
     for _ in range(max_retrains):
-        if max(l0.values()) / min(l0.values()) - 1 <= tolerance:
+        if max(l0.values()) / max(min(l0.values()), 1e-9) - 1 <= tolerance:
             break
         worst = max(l0, key=lambda c: abs(math.log(l0[c] / target_l0)))
         slope = min(slopes.get(worst, -1.0), -0.1)  # guard against a flat or inverted sweep

@@ -24,7 +24,8 @@ from helpers.models import LoadedModel
 
 @dataclass
 class CandidateScores:
-    """Scores for every candidate, each `[n_positions, n_layers]` (NaN where not computed)."""
+    """Scores for every candidate, each `[n_positions, n_layers]` (NaN where not computed, or where the
+    candidate is the zero vector: at layer 0 every post-instruction token has the same embedding)."""
 
     positions: list[int]
     bypass: Tensor
@@ -61,6 +62,8 @@ def score_candidates(model: LoadedModel, mean_diffs: Tensor, positions: list[int
     todo = [(p, layer) for p in range(n_pos) for layer in range(0, max_layer, layer_step)]
     for p, layer in tqdm(todo, desc="scoring candidates", unit="cand"):
         r = mean_diffs[p, layer].float()
+        if r.norm() < 1e-6:  # e.g. layer 0 at a template token: the same embedding for every prompt
+            continue
         ablate = Intervention(ablate=r)
         bypass[p, layer] = refusal_metric(last_token_logits(model, harmful_val, ablate, batch_size), refusal_ids).mean()
         ablated_harmless = last_token_logits(model, harmless_val, ablate, batch_size)
@@ -93,7 +96,7 @@ def select_direction(scores: CandidateScores, n_layers: int, kl_threshold: float
     """Lowest bypass score among candidates with induce > threshold, KL < threshold and layer < frac * L."""
     best: Selection | None = None
     for p, position in enumerate(scores.positions):
-        for layer in range(n_layers):
+        for layer in range(scores.bypass.shape[1]):
             b, i, k = (float(t[p, layer]) for t in (scores.bypass, scores.induce, scores.kl))
             if math.isnan(b) or layer >= max_layer_frac * n_layers or i <= induce_threshold or k >= kl_threshold:
                 continue

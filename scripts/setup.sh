@@ -2,6 +2,7 @@
 # Set up everything once: .venv, pinned dependencies, the offline model. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+started=$(date +%s)
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 # shellcheck disable=SC1091
@@ -20,3 +21,4 @@ fi
 export HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error
 echo "== preparing the offline model (first time: ~1 min to assemble and convert)"
 python -m helpers.models
+echo "== setup done in $(( $(date +%s) - started )) s"

@@ -78,19 +78,22 @@ def test_scoring_and_selection_run_on_public_sets(model, shared_prompts):
     scores = score_candidates(model, diffs, [-1], shared_prompts["harmful"][:2], shared_prompts["harmless"][:2], ids,
                               max_layer=12, layer_step=6)
     assert scores.bypass.shape == (1, 24)
-    assert not torch.isnan(scores.bypass[0, [0, 6]]).any() and torch.isnan(scores.bypass[0, 1]).item()
-    assert (scores.kl[0, [0, 6]] >= 0).all()
+    assert diffs[0, 0].norm() == 0, "layer 0 at the last template token: the same embedding for every prompt"
+    assert torch.isnan(scores.bypass[0, 0]) and torch.isnan(scores.bypass[0, 1]), "zero and unscored candidates"
+    assert torch.isfinite(scores.bypass[0, 6]) and scores.kl[0, 6] >= 0
     chosen = select_direction(scores, 24, kl_threshold=float("inf"), induce_threshold=-float("inf"))
-    assert chosen.layer in (0, 6)
+    assert chosen.layer == 6
 
 
 @pytest.mark.slow
 def test_weight_orthogonalization_matches_hooked_ablation(model):
     torch.manual_seed(3)
     direction = torch.randn(model.d_model) * 4
+    before = [p.detach().clone() for p in (model.hf.get_input_embeddings().weight,
+                                           model.hf.model.layers[3].mlp.down_proj.weight)]
     assert orthogonalization_check(model, direction, ["Name three fruits.", "How do I pick a lock?"]) <= 1e-4
-    # and the hooks are not a no-op: the original model still has its tied embedding intact
-    assert model.hf.get_output_embeddings().weight is model.hf.get_input_embeddings().weight
+    after = (model.hf.get_input_embeddings().weight, model.hf.model.layers[3].mlp.down_proj.weight)
+    assert all(torch.equal(a, b) for a, b in zip(before, after)), "the original model is left untouched"
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ from helpers.saes import (SAEMismatchError, examples_html, load_sae, reconstruct
                           top_activating_examples, train_sae, training_sae, tune_l1)
 
 HOOK = "blocks.13.hook_resid_pre"
-TINY = SAEConfig(d_sae=64, l1_coefficient=5.0, lr=1e-3, training_tokens=4096, train_batch_size_tokens=256,
+TINY = SAEConfig(d_sae=64, l1_coefficient=5.0, lr=1e-3, training_tokens=32768, train_batch_size_tokens=256,
                  context_size=32)
 
 
