@@ -44,7 +44,7 @@ def runner_with_model(model, cfg, sae_cfg, tokens: int, out: Path) -> float:
         sae=sae.cfg, model_name=model.name, hook_name=cfg.sae_hook, dataset_path="override",
         is_dataset_tokenized=True, streaming=False, context_size=ctx, prepend_bos=False,
         training_tokens=tokens, train_batch_size_tokens=batch, store_batch_size_prompts=cfg.cache_batch_windows,
-        n_batches_in_buffer=max(2, -(-batch // ctx) * 2 // cfg.cache_batch_windows + 1), lr=sae_cfg.lr,
+        n_batches_in_buffer=max(4, 2 * -(-batch // ctx)), lr=sae_cfg.lr,  # buffer * ctx must cover a batch
         n_batches_for_norm_estimate=2, device="cpu", dtype="float32", seqpos_slice=(1, None),
         logger=LoggingConfig(log_to_wandb=False), output_path=str(out), checkpoint_path=str(out / "ckpt"),
         n_eval_batches=0, verbose=False)
