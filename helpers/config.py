@@ -109,10 +109,14 @@ PRESETS: dict[str, Config] = {
         # This model's refusals are marginal first-token decisions: only 21 of 120 harmful training prompts
         # have a positive refusal metric although ~60% are refused, so we filter on short generations.
         filter_train="generation",
-        cache_tokens=750_000,
+        # Budget (2 cores): caching runs at ~360 tok/s to layer 13, SAE training from the cache at ~4,600
+        # tok/s (4,096 latents), so 2 x 500k cached tokens take ~47 min and each 1M-token SAE ~4 min.
+        cache_tokens=500_000,
         cache_heldout_tokens=49_152,
-        # 4,096 latents (4.6x d_model) and 2 epochs over 750k cached tokens: what 2 CPU cores train in minutes.
-        sae=SAEConfig(d_sae=4096, l1_coefficient=5.0, lr=4e-4, training_tokens=1_500_000,
+        l1_sweep=(2.0, 5.0, 12.0),
+        l1_sweep_tokens=150_000,
+        # 4,096 latents (4.6x d_model), 2 epochs over the cache.
+        sae=SAEConfig(d_sae=4096, l1_coefficient=5.0, lr=4e-4, training_tokens=1_000_000,
                       train_batch_size_tokens=1024, context_size=256),
     ),
     "paper": Config(

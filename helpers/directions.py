@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from helpers.generation import _batches, generate, last_token_logits, position_ids
+from helpers.generation import batched, generate, last_token_logits, position_ids
 from helpers.judges import is_refusal, refusal_metric
 from helpers.models import LoadedModel
 
@@ -33,7 +33,7 @@ def mean_activations(model: LoadedModel, instructions: list[str], positions: lis
     if not instructions:
         raise ValueError("mean_activations needs at least one instruction.")
     total = torch.zeros(len(positions), model.n_layers, model.d_model, dtype=torch.float64)
-    for batch in tqdm(_batches(instructions, batch_size), desc=desc, unit="batch"):
+    for batch in tqdm(batched(instructions, batch_size), desc=desc, unit="batch"):
         enc = model.tokenize_instructions(batch)
         out = model.hf.model(**enc, position_ids=position_ids(enc["attention_mask"]), output_hidden_states=True)
         resid = torch.stack(out.hidden_states[: model.n_layers], dim=1)  # [batch, layer, pos, d_model]

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from helpers.generation import _batches, generate, position_ids
+from helpers.generation import batched, generate, position_ids
 from helpers.hooks import Intervention, hf_hooks
 from helpers.judges import Rate, refusal_rate
 from helpers.models import LoadedModel
@@ -94,7 +94,7 @@ def cross_entropy(model: LoadedModel, windows: list[list[int]], intervention: In
                   batch_size: int = 8) -> float:
     """Mean next-token cross-entropy (nats) over token windows (e.g. from `corpora.token_windows`)."""
     total, count = 0.0, 0
-    for batch in tqdm(_batches(windows, batch_size), desc="cross-entropy", unit="batch", leave=False):
+    for batch in tqdm(batched(windows, batch_size), desc="cross-entropy", unit="batch", leave=False):
         ids = torch.tensor(batch, device=model.device)
         with hf_hooks(model.hf, intervention):
             logits = model.hf(input_ids=ids).logits[:, :-1]
@@ -111,7 +111,7 @@ def last_token_cosines(model: LoadedModel, instructions: list[str], direction: T
     """Cosine between each prompt's last-token `blocks.{layer}.hook_resid_pre` and the direction."""
     r_hat = direction / direction.norm()
     out = []
-    for batch in _batches(instructions, batch_size):
+    for batch in batched(instructions, batch_size):
         enc = model.tokenize_instructions(batch)
         hidden = model.hf.model(**enc, position_ids=position_ids(enc["attention_mask"]),
                                 output_hidden_states=True).hidden_states[layer][:, -1]

@@ -19,7 +19,7 @@ from helpers.hooks import NO_INTERVENTION, Intervention, hf_hooks
 from helpers.models import LoadedModel
 
 
-def _batches(items: list, size: int) -> list[list]:
+def batched(items: list, size: int) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
@@ -38,7 +38,7 @@ def generate(model: LoadedModel, instructions: list[str], intervention: Interven
     """
     order = _length_sorted(instructions)
     out: dict[int, str] = {}
-    batches = _batches(order, batch_size)
+    batches = batched(order, batch_size)
     for batch in tqdm(batches, desc="generate", unit="batch", disable=not progress or len(batches) < 2):
         enc = model.tokenize_instructions([instructions[i] for i in batch])
         with hf_hooks(model.hf, intervention):
@@ -64,7 +64,7 @@ def last_token_logits(model: LoadedModel, instructions: list[str], intervention:
     """Next-token logits `[n, d_vocab]` at the last prompt position, optionally under an intervention."""
     order = _length_sorted(instructions)
     result = torch.empty(len(instructions), model.tl.cfg.d_vocab, dtype=torch.float32)
-    for batch in tqdm(_batches(order, batch_size), desc="forward", disable=not progress):
+    for batch in tqdm(batched(order, batch_size), desc="forward", disable=not progress):
         enc = model.tokenize_instructions([instructions[i] for i in batch])
         with hf_hooks(model.hf, intervention):
             hidden = model.hf.model(**enc, position_ids=position_ids(enc["attention_mask"])).last_hidden_state
@@ -90,7 +90,7 @@ def cache_prompt_batches(model: LoadedModel, instructions: list[str], batch_size
     order = _length_sorted(instructions)
     encodings, hidden = [], []
     logits = torch.empty(len(instructions), model.tl.cfg.d_vocab)
-    for batch in _batches(order, batch_size):
+    for batch in batched(order, batch_size):
         enc = model.tokenize_instructions([instructions[i] for i in batch])
         out = model.hf.model(**enc, position_ids=position_ids(enc["attention_mask"]), output_hidden_states=True)
         encodings.append(enc)
@@ -121,7 +121,7 @@ def last_token_logits_from_layer(model: LoadedModel, batches: PromptBatches, lay
     """Like `last_token_logits`, for an intervention that changes nothing below `layer`: starts from the
     cached `blocks.{layer}.hook_resid_pre` (equal results, less compute)."""
     result = torch.empty_like(batches.clean_logits)
-    for batch, enc, hidden in zip(_batches(batches.order, len(batches.encodings[0]["input_ids"])),
+    for batch, enc, hidden in zip(batched(batches.order, len(batches.encodings[0]["input_ids"])),
                                   batches.encodings, batches.hidden):
         # Hooks first (they attach to layer modules by index), then the shortened layer list.
         with hf_hooks(model.hf, intervention), _layers_from(model.hf, layer):
