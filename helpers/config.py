@@ -29,6 +29,7 @@ class SAEConfig:
     train_batch_size_tokens: int = 4096
     context_size: int = 1024
     k: int = 32  # TopK variants only
+    l1_warm_up_fraction: float = 0.0  # share of training over which the L1 coefficient ramps up from 0
 
 
 @dataclass(frozen=True)
@@ -72,8 +73,7 @@ class Config:
     outlier_factor: float | None = 10.0  # also drop tokens with norm > factor x median (newlines, commas)
     target_l0: float = 40.0  # the L0 both SAEs are tuned towards
     l0_tolerance: float = 0.15  # max relative L0 difference between the two SAEs on their own held-out data
-    l1_sweep: tuple[float, ...] = (2.0, 5.0, 12.0)  # coefficients tried per corpus when tuning
-    l1_sweep_tokens: int = 200_000
+    l0_max_rounds: int = 3  # full-length training rounds per SAE to bring its L0 to target_l0
     sae_eval_windows: int = 32  # held-out windows for the spliced cross-entropy
     sae: SAEConfig = field(default_factory=SAEConfig)
     seed: int = 0
@@ -109,14 +109,17 @@ PRESETS: dict[str, Config] = {
         # This model's refusals are marginal first-token decisions: only 21 of 120 harmful training prompts
         # have a positive refusal metric although ~60% are refused, so we filter on short generations.
         filter_train="generation",
-        # Budget (2 cores): caching runs at ~360 tok/s to layer 13, SAE training from the cache at ~4,600
-        # tok/s (4,096 latents), so 2 x 500k cached tokens take ~47 min and each 1M-token SAE ~4 min.
+        # Budget (2 cores): caching runs at ~300-360 tok/s to layer 13, SAE training from the cache at ~4,600
+        # tok/s (4,096 latents), so 2 x 500k cached tokens take ~50 min and each 1M-token SAE ~4 min.
         cache_tokens=500_000,
         cache_heldout_tokens=49_152,
-        l1_sweep=(2.0, 5.0, 12.0),
-        l1_sweep_tokens=150_000,
-        # 4,096 latents (4.6x d_model), 2 epochs over the cache.
-        sae=SAEConfig(d_sae=4096, l1_coefficient=5.0, lr=4e-4, training_tokens=1_000_000,
+        # Pilot runs (webtext, 300k tokens): lr 4e-4 left L0 > 100 after 300 steps; lr 1e-3 without an L1
+        # warm-up killed 59% of latents; lr 1e-3 with a 5% L1 warm-up gave L0 48, EV 0.69, 1.7% dead.
+        # L0 kept falling with training (89 at 150k tokens, 48 at 300k), so the search for the coefficient
+        # runs at full length (train_matched), starting from 5.
+        target_l0=50.0,
+        # 4,096 latents (4.6x d_model), 1.6 epochs over the cache.
+        sae=SAEConfig(d_sae=4096, l1_coefficient=5.0, lr=1e-3, l1_warm_up_fraction=0.05, training_tokens=800_000,
                       train_batch_size_tokens=1024, context_size=256),
     ),
     "paper": Config(
@@ -138,8 +141,6 @@ PRESETS: dict[str, Config] = {
         cache_batch_windows=32,
         cache_shard_tokens=1_048_576,
         target_l0=40.0,
-        l1_sweep=(1.5, 3.0, 6.0),
-        l1_sweep_tokens=20_000_000,
         sae_eval_windows=256,
         sae=SAEConfig(context_size=1024),
     ),
@@ -163,10 +164,8 @@ PRESETS: dict[str, Config] = {
         cache_context_size=64,
         cache_batch_windows=4,
         cache_shard_tokens=2048,
-        l1_sweep=(2.0, 8.0),
-        l1_sweep_tokens=8192,
         l0_tolerance=1.0,  # 8k-token SAEs cannot be matched tightly; smoke checks the mechanics
-
+        l0_max_rounds=2,
         sae_eval_windows=2,
         sae=SAEConfig(d_sae=256, l1_coefficient=5.0, lr=1e-3, training_tokens=32768,
                       train_batch_size_tokens=256, context_size=64),

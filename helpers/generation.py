@@ -16,7 +16,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from helpers.hooks import NO_INTERVENTION, Intervention, hf_hooks
-from helpers.models import LoadedModel
+from helpers.models import LoadedModel, position_ids
 
 
 def batched(items: list, size: int) -> list[list]:
@@ -51,11 +51,6 @@ def generate(model: LoadedModel, instructions: list[str], intervention: Interven
         for i, text in zip(batch, model.tokenizer.batch_decode(new, skip_special_tokens=True)):
             out[i] = text
     return [out[i] for i in range(len(instructions))]
-
-
-def position_ids(attention_mask: Tensor) -> Tensor:
-    """Position ids for a left-padded batch (0 at each sequence's first real token)."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 @torch.no_grad()

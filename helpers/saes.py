@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from helpers.activations import ActivationCache
+from helpers.activations import ActivationCache, hook_layer
 from helpers.config import SAEConfig
 from helpers.models import LoadedModel
 
@@ -39,7 +39,8 @@ def training_sae(sae_cfg: SAEConfig, d_in: int, hook_name: str, model_name: str,
     common = dict(d_in=d_in, d_sae=sae_cfg.d_sae, apply_b_dec_to_input=False,
                   normalize_activations="expected_average_only_in", device=device, metadata=meta)
     if sae_cfg.architecture == "standard":
-        cfg = StandardTrainingSAEConfig(l1_coefficient=sae_cfg.l1_coefficient, **common)
+        warm_up = int(sae_cfg.l1_warm_up_fraction * sae_cfg.training_tokens / sae_cfg.train_batch_size_tokens)
+        cfg = StandardTrainingSAEConfig(l1_coefficient=sae_cfg.l1_coefficient, l1_warm_up_steps=warm_up, **common)
     elif sae_cfg.architecture == "topk":
         cfg = TopKTrainingSAEConfig(k=sae_cfg.k, **common)
     elif sae_cfg.architecture == "batchtopk":
@@ -160,38 +161,38 @@ def reconstruction_stats(sae, acts: Tensor, batch_size: int = 4096) -> Reconstru
 
 
 @torch.no_grad()
-def spliced_losses(model: LoadedModel, sae, windows: list[list[int]], hook_name: str, batch_size: int = 8,
-                   outlier_factor: float | None = 10.0) -> dict[str, float]:
-    """Next-token cross-entropy with the SAE's reconstruction spliced in at `hook_name`, against clean and
-    zero-ablation; `loss_recovered = (CE_zero - CE_sae) / (CE_zero - CE_clean)`.
+def spliced_losses(model: LoadedModel, saes: dict, windows: list[list[int]], hook_name: str, batch_size: int = 4,
+                   outlier_factor: float | None = 10.0) -> dict[str, dict[str, float]]:
+    """Next-token cross-entropy with each SAE's reconstruction spliced in at `hook_name`, against clean and
+    zero-ablation; `loss_recovered = (CE_zero - CE_sae) / (CE_zero - CE_clean)`. Returns one dict per SAE.
 
-    The positions training left out (the first token, norm outliers) keep their clean activations.
+    The clean pass runs once and records the hook's activations; the zero and SAE passes restart the model
+    at the hook's layer. The positions training left out (the first token, norm outliers) keep their clean
+    activations.
     """
-    totals = {"clean": 0.0, "sae": 0.0, "zero": 0.0}
+    layer = hook_layer(hook_name, model.n_layers, model.name)
+    totals = {"clean": 0.0, "zero": 0.0, **{name: 0.0 for name in saes}}
     count = 0
-
-    def spliced(mode: str):
-        def hook(resid: Tensor, hook) -> Tensor:
-            norms = resid.norm(dim=-1)
-            mask = torch.ones_like(norms, dtype=torch.bool)
-            mask[:, 0] = False
-            if outlier_factor is not None:
-                mask &= norms <= outlier_factor * norms[:, 1:].median()
-            new = sae.decode(sae.encode(resid)) if mode == "sae" else torch.zeros_like(resid)
-            return torch.where(mask[..., None], new.to(resid.dtype), resid)
-        return hook
-
     for b in tqdm(range(0, len(windows), batch_size), desc="spliced CE", leave=False):
         ids = torch.tensor(windows[b:b + batch_size], device=model.device)
+        clean, cache = model.tl.run_with_cache(ids, return_type="loss", names_filter=hook_name)
+        resid = cache[hook_name]
+        norms = resid.norm(dim=-1)
+        keep = torch.ones_like(norms, dtype=torch.bool)
+        keep[:, 0] = False
+        if outlier_factor is not None:
+            keep &= norms <= outlier_factor * norms[:, 1:].median()
         n = ids[:, 1:].numel()
-        totals["clean"] += model.tl(ids, return_type="loss").item() * n
-        for mode in ("sae", "zero"):
-            loss = model.tl.run_with_hooks(ids, return_type="loss", fwd_hooks=[(hook_name, spliced(mode))])
-            totals[mode] += loss.item() * n
+        totals["clean"] += clean.item() * n
+        replacements = {"zero": torch.zeros_like(resid),
+                        **{name: sae.decode(sae.encode(resid)).to(resid.dtype) for name, sae in saes.items()}}
+        for name, new in replacements.items():
+            spliced = torch.where(keep[..., None], new, resid)
+            totals[name] += model.tl(spliced, start_at_layer=layer, tokens=ids, return_type="loss").item() * n
         count += n
     ce = {k: v / count for k, v in totals.items()}
-    ce["loss_recovered"] = (ce["zero"] - ce["sae"]) / (ce["zero"] - ce["clean"])
-    return ce
+    return {name: {"clean": ce["clean"], "sae": ce[name], "zero": ce["zero"],
+                   "loss_recovered": (ce["zero"] - ce[name]) / (ce["zero"] - ce["clean"])} for name in saes}
 
 
 @torch.no_grad()
@@ -228,62 +229,45 @@ def examples_html(examples: dict[int, list[dict]], title: str) -> str:
     return "\n".join(parts)
 
 
-def tune_l1(cache: ActivationCache, heldout: Tensor, sae_cfg: SAEConfig, coefficients: tuple[float, ...],
-            tokens: int, target_l0: float, seed: int = 0) -> tuple[float, list[dict]]:
-    """Short runs at each L1 coefficient; returns the coefficient interpolated (in log-log space) to give
-    `target_l0` on held-out activations, and the table of (coefficient, L0, explained variance)."""
-    from dataclasses import replace
-
-    table = []
-    for coeff in coefficients:
-        sae, _, _ = train_sae(cache, replace(sae_cfg, l1_coefficient=coeff, training_tokens=tokens), seed=seed)
-        stats = reconstruction_stats(sae, heldout)
-        table.append({"l1_coefficient": coeff, "l0": stats.l0, "explained_variance": stats.explained_variance})
-    pts = sorted((math.log(r["l1_coefficient"]), math.log(max(r["l0"], 1e-3))) for r in table)
-    target = math.log(target_l0)
-    # L0 falls as the coefficient grows: find the bracketing pair, else extrapolate from the nearest two.
-    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
-        if min(y0, y1) <= target <= max(y0, y1):
-            break
-    else:
-        (x0, y0), (x1, y1) = (pts[:2] if target > pts[0][1] else pts[-2:])
-    x = x0 if y1 == y0 else x0 + (target - y0) * (x1 - x0) / (y1 - y0)
-    return math.exp(x), table
-
-
-def l0_slope(table: list[dict]) -> float:
-    """Least-squares slope of log L0 against log L1 coefficient over a tuning sweep (negative)."""
-    xs = [math.log(r["l1_coefficient"]) for r in table]
-    ys = [math.log(max(r["l0"], 1e-3)) for r in table]
-    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-    var = sum((x - mx) ** 2 for x in xs)
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var if var else -1.0
-
-
 def train_matched(caches: dict[str, ActivationCache], heldout: dict[str, Tensor], sae_cfg: SAEConfig,
-                  l1: dict[str, float], slopes: dict[str, float], target_l0: float, tolerance: float = 0.15,
-                  max_retrains: int = 2, seed: int = 0) -> tuple[dict, dict, dict, list[dict]]:
-    """Train one SAE per corpus with its L1 coefficient; while their L0s on their own held-out data differ
-    by more than `tolerance`, retrain the one farther from `target_l0` with the coefficient corrected along
-    its tuning slope. Returns (saes, histories, coefficients, log of rounds)."""
+                  target_l0: float, tolerance: float = 0.15, max_rounds: int = 3, slope: float = -1.7,
+                  seed: int = 0) -> tuple[dict, dict, dict, list[dict]]:
+    """Train one SAE per corpus at full length and tune each one's L1 coefficient until its L0 on its own
+    held-out data is within a factor sqrt(1 + tolerance) of `target_l0` (so two such SAEs differ by at most
+    `tolerance`).
+
+    The search runs at full length because L0 keeps falling as training goes on (a short sweep gets the
+    level wrong). Round 1 uses `sae_cfg.l1_coefficient`; each later round retrains the SAEs outside the band
+    with the coefficient moved along log L0 = a + slope * log coefficient: `slope` (measured in pilot runs)
+    after one run, the secant through its last two runs after that. Returns (saes, histories,
+    coefficients, log of every run)."""
     from dataclasses import replace
 
-    l1 = dict(l1)
-    saes, histories, l0, log = {}, {}, {}, []
+    l1 = {c: sae_cfg.l1_coefficient for c in caches}
+    band = math.log(1 + tolerance) / 2
+    saes, histories, log = {}, {}, []
+    points: dict[str, list[tuple[float, float]]] = {c: [] for c in caches}  # (log coefficient, log L0)
 
     def fit(corpus: str) -> None:
         sae, history, seconds = train_sae(caches[corpus], replace(sae_cfg, l1_coefficient=l1[corpus]), seed=seed)
+        stats = reconstruction_stats(sae, heldout[corpus])
         saes[corpus], histories[corpus] = sae, {"history": history, "seconds": seconds}
-        l0[corpus] = reconstruction_stats(sae, heldout[corpus]).l0
-        log.append({"corpus": corpus, "l1_coefficient": l1[corpus], "l0": l0[corpus], "seconds": seconds})
+        points[corpus].append((math.log(l1[corpus]), math.log(max(stats.l0, 1e-3))))
+        log.append({"corpus": corpus, "round": len(points[corpus]), "l1_coefficient": l1[corpus], "l0": stats.l0,
+                    "explained_variance": stats.explained_variance, "seconds": seconds})
 
-    for corpus in caches:
-        fit(corpus)
-    for _ in range(max_retrains):
-        if max(l0.values()) / max(min(l0.values()), 1e-9) - 1 <= tolerance:
+    todo = list(caches)
+    for round_ in range(max_rounds):
+        for corpus in tqdm(todo, desc=f"round {round_ + 1}: training", leave=False):
+            fit(corpus)
+        todo = [c for c in caches if abs(points[c][-1][1] - math.log(target_l0)) > band]
+        if not todo or round_ == max_rounds - 1:
             break
-        worst = max(l0, key=lambda c: abs(math.log(l0[c] / target_l0)))
-        slope = min(slopes.get(worst, -1.0), -0.1)  # guard against a flat or inverted sweep
-        l1[worst] *= math.exp(math.log(target_l0 / l0[worst]) / slope)
-        fit(worst)
+        for c in todo:
+            x1, y1 = points[c][-1]
+            s = slope
+            if len(points[c]) > 1 and points[c][-2][0] != x1:
+                x0, y0 = points[c][-2]
+                s = (y1 - y0) / (x1 - x0)
+            l1[c] = math.exp(x1 + (math.log(target_l0) - y1) / min(s, -0.1))  # guard: flat or inverted
     return saes, histories, l1, log

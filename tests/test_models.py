@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import helpers.models as models
-from helpers.generation import position_ids
+from helpers.models import position_ids
 from helpers.models import ModelLoadError, resolve_model_source
 
 CHAT_PROMPTS = ["Write a poem about the sea.", "How do I pick a lock?", "Explain recursion to a child in two sentences."]
@@ -88,3 +88,11 @@ def test_chat_template_without_and_with_system_prompt(model):
 def test_layer_out_of_range_message(model):
     with pytest.raises(ValueError, match=r"layer 30 is out of range for .* \(24 layers"):
         model.check_layer(30)
+
+
+@pytest.mark.slow
+def test_model_without_hugging_face_twin_says_how_to_get_it(model):
+    tl_only = models.LoadedModel(name="tl-only", tl=model.tl, hf_model=None, tokenizer=model.tokenizer)
+    assert tl_only.device == model.device and tl_only.n_layers == 24
+    with pytest.raises(RuntimeError, match="with_hf=True"):
+        tl_only.hf

@@ -6,7 +6,7 @@ import torch
 from helpers.activations import ActivationCache, cache_activations
 from helpers.config import SAEConfig
 from helpers.saes import (SAEMismatchError, examples_html, load_sae, reconstruction_stats, save_sae, spliced_losses,
-                          top_activating_examples, train_sae, training_sae, tune_l1)
+                          top_activating_examples, train_matched, train_sae, training_sae)
 
 HOOK = "blocks.13.hook_resid_pre"
 TINY = SAEConfig(d_sae=64, l1_coefficient=5.0, lr=1e-3, training_tokens=32768, train_batch_size_tokens=256,
@@ -51,8 +51,12 @@ def test_train_save_load_evaluate(model, tiny_cache, tmp_path):
     with pytest.raises(FileNotFoundError, match="no sae_lens SAE"):
         load_sae(tmp_path, model)
     ids = model.tokenizer("The cat sat on the mat. " * 8, add_special_tokens=False)["input_ids"][:32]
-    ce = spliced_losses(model, loaded, [ids], HOOK)
+    ce = spliced_losses(model, {"tiny": loaded}, [ids], HOOK)["tiny"]
     assert ce["clean"] < ce["zero"] and math.isfinite(ce["loss_recovered"])
+    # Restarting at the hook's layer with the clean activations spliced back gives the clean loss.
+    identity = type("Identity", (), {"encode": staticmethod(lambda x: x), "decode": staticmethod(lambda f: f)})()
+    same = spliced_losses(model, {"id": identity}, [ids], HOOK)["id"]
+    assert same["sae"] == pytest.approx(same["clean"], abs=1e-4) and same["loss_recovered"] == pytest.approx(1.0)
     data = tiny_cache.load_all(512)
     examples = top_activating_examples(loaded, data["activations"], data["token_ids"], data["positions"],
                                        model.tokenizer, [0, 1], k=3)
@@ -69,8 +73,14 @@ def test_load_sae_rejects_wrong_width(model, tmp_path):
 
 
 @pytest.mark.slow
-def test_tune_l1_moves_l0_towards_target(tiny_cache):
+def test_train_matched_moves_l0_towards_target(tiny_cache):
     acts = tiny_cache.load_all(1024)["activations"]
-    coeff, table = tune_l1(tiny_cache, acts, TINY, (1.0, 20.0), tokens=2048, target_l0=10)
-    assert table[0]["l0"] > table[1]["l0"], "a larger L1 coefficient gives a sparser SAE"
-    assert 0 < coeff
+    first, _, _ = train_sae(tiny_cache, TINY)
+    target = reconstruction_stats(first, acts).l0 / 3  # round 1 (same seed, same coefficient) misses it
+    saes, histories, l1, log = train_matched({"a": tiny_cache}, {"a": acts}, TINY, target, tolerance=0.15,
+                                             max_rounds=2)
+    assert [row["round"] for row in log] == [1, 2]
+    assert log[1]["l1_coefficient"] > log[0]["l1_coefficient"], "a sparser target needs a larger coefficient"
+    assert abs(math.log(log[1]["l0"] / target)) < abs(math.log(log[0]["l0"] / target))
+    assert l1["a"] == log[-1]["l1_coefficient"] and set(saes) == set(histories) == {"a"}
+    assert reconstruction_stats(saes["a"], acts).l0 == pytest.approx(log[-1]["l0"])
