@@ -110,15 +110,15 @@ PRESETS: dict[str, Config] = {
         # have a positive refusal metric although ~60% are refused, so we filter on short generations.
         filter_train="generation",
         # Budget (2 cores): caching runs at ~300-360 tok/s to layer 13, SAE training from the cache at ~4,600
-        # tok/s (4,096 latents), so 2 x 500k cached tokens take ~50 min and each 800k-token SAE ~3 min.
-        cache_tokens=500_000,
+        # tok/s (4,096 latents), so 2 x 400k cached tokens take ~40 min and each 800k-token SAE ~3 min.
+        cache_tokens=400_000,
         cache_heldout_tokens=49_152,
         # Pilot runs (webtext, 300k tokens): lr 4e-4 left L0 > 100 after 300 steps; lr 1e-3 without an L1
         # warm-up killed 59% of latents; lr 1e-3 with a 5% L1 warm-up gave L0 48, EV 0.69, 1.7% dead.
         # L0 kept falling with training (89 at 150k tokens, 48 at 300k), so the search for the coefficient
         # runs at full length (train_matched). At 800k tokens, coefficient 5 gave L0 31, EV 0.75, 1% dead;
         # we start at 4.3, where the pilots' slope (log L0 ~ -1.7 log coefficient) puts L0 40.
-        # 4,096 latents (4.6x d_model), 1.6 epochs over the cache.
+        # 4,096 latents (4.6x d_model), 2 epochs over the cache.
         sae=SAEConfig(d_sae=4096, l1_coefficient=4.3, lr=1e-3, l1_warm_up_fraction=0.05, training_tokens=800_000,
                       train_batch_size_tokens=1024, context_size=256),
     ),
