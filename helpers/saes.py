@@ -239,8 +239,8 @@ def train_matched(caches: dict[str, ActivationCache], heldout: dict[str, Tensor]
     The search runs at full length because L0 keeps falling as training goes on (a short sweep gets the
     level wrong). Round 1 uses `sae_cfg.l1_coefficient`; each later round retrains the SAEs outside the band
     with the coefficient moved along log L0 = a + slope * log coefficient: `slope` (measured in pilot runs)
-    after one run, the secant through its last two runs after that. Returns (saes, histories,
-    coefficients, log of every run)."""
+    after one run, the secant through its last two runs after that. TopK variants (L0 = k) train once.
+    Returns (saes, histories, coefficients, log of every run)."""
     from dataclasses import replace
 
     l1 = {c: sae_cfg.l1_coefficient for c in caches}
@@ -256,6 +256,8 @@ def train_matched(caches: dict[str, ActivationCache], heldout: dict[str, Tensor]
         log.append({"corpus": corpus, "round": len(points[corpus]), "l1_coefficient": l1[corpus], "l0": stats.l0,
                     "explained_variance": stats.explained_variance, "seconds": seconds})
 
+    if sae_cfg.architecture in ("topk", "batchtopk"):
+        max_rounds = 1  # L0 is k by construction: nothing to tune
     todo = list(caches)
     for round_ in range(max_rounds):
         for corpus in tqdm(todo, desc=f"round {round_ + 1}: training", leave=False):

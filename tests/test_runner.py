@@ -34,3 +34,19 @@ def test_runs_numbered_notebooks_in_order_with_the_preset(tmp_path, monkeypatch)
 def test_unknown_preset_fails_early():
     with pytest.raises(ValueError, match="valid presets"):
         main(["--preset", "huge"])
+
+
+@pytest.mark.parametrize("path", numbered_notebooks(), ids=lambda p: p.name)
+def test_notebooks_are_clean_and_parameterised(path):
+    """Committed without outputs, one `parameters` cell that papermill parses (one `=` per line), PRESET in it."""
+    from papermill.translators import PythonTranslator
+
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code), "clear the outputs before committing"
+    params = [c for c in code if "parameters" in c.metadata.get("tags", [])]
+    assert len(params) == 1, "exactly one cell tagged `parameters`"
+    lines = [ln for ln in params[0].source.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+    assert all(ln.count("=") == 1 for ln in lines), "papermill cannot infer a parameter from a line with two '='"
+    names = [p.name for p in PythonTranslator.inspect(params[0])]
+    assert "PRESET" in names and len(names) == len(lines)

@@ -84,3 +84,12 @@ def test_train_matched_moves_l0_towards_target(tiny_cache):
     assert abs(math.log(log[1]["l0"] / target)) < abs(math.log(log[0]["l0"] / target))
     assert l1["a"] == log[-1]["l1_coefficient"] and set(saes) == set(histories) == {"a"}
     assert reconstruction_stats(saes["a"], acts).l0 == pytest.approx(log[-1]["l0"])
+
+
+@pytest.mark.slow
+def test_train_matched_trains_topk_once(tiny_cache):
+    acts = tiny_cache.load_all(1024)["activations"]
+    topk = SAEConfig(architecture="topk", k=4, d_sae=64, lr=1e-3, training_tokens=8192, train_batch_size_tokens=256,
+                     context_size=32)
+    saes, _, _, log = train_matched({"a": tiny_cache}, {"a": acts}, topk, target_l0=40, max_rounds=3)
+    assert len(log) == 1 and log[0]["l0"] <= 4 + 1e-6
