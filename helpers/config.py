@@ -117,7 +117,8 @@ PRESETS: dict[str, Config] = {
         # warm-up killed 59% of latents; lr 1e-3 with a 5% L1 warm-up gave L0 48, EV 0.69, 1.7% dead.
         # L0 kept falling with training (89 at 150k tokens, 48 at 300k), so the search for the coefficient
         # runs at full length (train_matched). At 800k tokens, coefficient 5 gave L0 31, EV 0.75, 1% dead;
-        # we start at 4.3, where the pilots' slope (log L0 ~ -1.7 log coefficient) puts L0 40.
+        # we start at 4.3. The first offline run (slope prior -1.7) needed 3 rounds for webtext: at full length
+        # log L0 fell only ~0.86 per unit log coefficient, so train_matched now assumes -0.9.
         # 4,096 latents (4.6x d_model), 2 epochs over the cache.
         sae=SAEConfig(d_sae=4096, l1_coefficient=4.3, lr=1e-3, l1_warm_up_fraction=0.05, training_tokens=800_000,
                       train_batch_size_tokens=1024, context_size=256),
