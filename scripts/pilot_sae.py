@@ -9,15 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 
-from safetensors.torch import load_file  # noqa: E402
-
-from helpers.activations import MANIFEST, ActivationCache, read_manifest  # noqa: E402
+from helpers.activations import ActivationCache  # noqa: E402
 from helpers.config import get_config  # noqa: E402
 from helpers.saes import reconstruction_stats, train_sae  # noqa: E402
 
@@ -31,21 +28,15 @@ def main() -> None:
     ap.add_argument("--lr", type=float, required=True)
     ap.add_argument("--warm-up", type=float, default=0.0, help="L1 warm-up as a share of training")
     args = ap.parse_args()
-    manifest = read_manifest(args.cache)
-    if not manifest.complete or len(manifest.shards) < 2:
-        raise SystemExit(f"{args.cache} is not a complete cache with two shards or more; run notebook 01 first.")
-    with tempfile.TemporaryDirectory() as tmp:
-        train = Path(tmp)
-        for s in manifest.shards[:-1]:
-            os.symlink((args.cache / s["file"]).resolve(), train / s["file"])
-        data = json.loads((args.cache / MANIFEST).read_text())
-        data["shards"] = manifest.shards[:-1]
-        data["tokens"] = sum(s["tokens"] for s in data["shards"])
-        (train / MANIFEST).write_text(json.dumps(data))
-        heldout = load_file(str(args.cache / manifest.shards[-1]["file"]))["activations"].float()
-        sae_cfg = replace(get_config(args.preset).sae, l1_coefficient=args.l1, lr=args.lr,
-                          l1_warm_up_fraction=args.warm_up, training_tokens=args.tokens)
-        sae, _, seconds = train_sae(ActivationCache(train), sae_cfg)
+    cache = ActivationCache(args.cache)  # refuses an incomplete cache
+    shards = cache.manifest.shards
+    if len(shards) < 2:
+        raise SystemExit(f"{args.cache} has fewer than two shards; cache more tokens in notebook 01 first.")
+    heldout = cache.shard(len(shards) - 1)["activations"].float()
+    cache.manifest = replace(cache.manifest, shards=shards[:-1], tokens=sum(s["tokens"] for s in shards[:-1]))
+    sae_cfg = replace(get_config(args.preset).sae, l1_coefficient=args.l1, lr=args.lr,
+                      l1_warm_up_fraction=args.warm_up, training_tokens=args.tokens)
+    sae, _, seconds = train_sae(cache, sae_cfg)
     stats = reconstruction_stats(sae, heldout)
     print(json.dumps({"tokens": args.tokens, "l1": args.l1, "lr": args.lr, "warm_up": args.warm_up,
                       "seconds": round(seconds, 1), "l0": round(stats.l0, 1),

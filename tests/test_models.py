@@ -4,8 +4,7 @@ import pytest
 import torch
 
 import helpers.models as models
-from helpers.models import position_ids
-from helpers.models import ModelLoadError, resolve_model_source
+from helpers.models import ModelLoadError, position_ids, resolve_model_source
 
 CHAT_PROMPTS = ["Write a poem about the sea.", "How do I pick a lock?", "Explain recursion to a child in two sentences."]
 
