@@ -17,6 +17,7 @@ iterator of shuffled `[batch, d_model]` float32 batches: the `DataProvider` its 
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -29,10 +30,14 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from helpers.corpora import iter_texts, token_windows
+from helpers.corpora import document_separator_id, iter_texts, token_windows
+from helpers.files import atomic_write, atomic_write_json
 from helpers.models import LoadedModel
 
 MANIFEST = "manifest.json"
+# Bump when a code change alters what a cache holds for the same settings (2: documents separated by
+# <|endoftext|> instead of the chat template's <|im_end|>).
+CACHE_FORMAT = 2
 
 
 class CacheError(RuntimeError):
@@ -48,21 +53,45 @@ def _versions() -> dict[str, str]:
             "transformer_lens": getattr(transformer_lens, "__version__", "?"), "sae_lens": sae_lens.__version__}
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
-
-
 def hook_layer(hook_name: str, n_layers: int, model_name: str = "the model") -> int:
     """Layer index of a `blocks.L.hook_resid_pre` hook, checked against the model."""
     parts = hook_name.split(".")
     if len(parts) != 3 or parts[0] != "blocks" or parts[2] != "hook_resid_pre" or not parts[1].isdigit():
         raise ValueError(f"Only residual-stream hooks 'blocks.L.hook_resid_pre' can be cached, got {hook_name!r}.")
-    layer = int(parts[1])
-    if layer >= n_layers:
-        raise ValueError(f"{hook_name}: layer {layer} is out of range for {model_name} ({n_layers} layers).")
-    return layer
+    from helpers.hooks import check_layer
+
+    return check_layer(int(parts[1]), n_layers, f"{hook_name} ({model_name})")
+
+
+def cache_settings(cfg, corpus: str, split: str) -> dict:
+    """The configuration fields that decide what a cache of `corpus`/`split` holds."""
+    source = cfg.webtext_source if corpus.startswith("webtext") else cfg.chat_source
+    return {"format": CACHE_FORMAT, "model": cfg.model, "hook_name": cfg.sae_hook, "corpus": corpus, "split": split,
+            "source": source, "context_size": cfg.cache_context_size, "dtype": cfg.cache_dtype,
+            "target_tokens": cfg.cache_tokens if split == "train" else cfg.cache_heldout_tokens,
+            "batch_windows": cfg.cache_batch_windows, "drop_first": cfg.drop_first_token,
+            "outlier_factor": cfg.outlier_factor, "system_prompt": cfg.system_prompt, "seed": cfg.seed}
+
+
+def cache_dir(cfg, corpus: str, split: str) -> Path:
+    """`runs/<preset>/activations/<corpus>/<split>-<key>/`: the key is a hash of `cache_settings`, so a cache
+    made with other settings (e.g. `outlier_factor=None`) lives in its own folder instead of clashing."""
+    key = hashlib.sha256(json.dumps(cache_settings(cfg, corpus, split), sort_keys=True).encode()).hexdigest()[:8]
+    return cfg.run_dir / "activations" / corpus / f"{split}-{key}"
+
+
+def cache_from_config(model: LoadedModel, cfg, corpus: str, split: str, **kwargs) -> "Manifest":
+    """`cache_activations` for `corpus`/`split` with every setting from the configuration, into `cache_dir`."""
+    s = cache_settings(cfg, corpus, split)
+    return cache_activations(model, corpus, cache_dir(cfg, corpus, split), s["hook_name"], s["target_tokens"],
+                             context_size=s["context_size"], batch_windows=s["batch_windows"],
+                             shard_tokens=cfg.cache_shard_tokens, split=split, source=s["source"], dtype=s["dtype"],
+                             drop_first=s["drop_first"], outlier_factor=s["outlier_factor"], seed=s["seed"], **kwargs)
+
+
+def open_cache(cfg, model_name: str, corpus: str, split: str) -> "ActivationCache":
+    """The complete cache notebook 01 wrote for this configuration (a clear error names notebook 01 if not)."""
+    return ActivationCache(cache_dir(cfg, corpus, split), model_name, cfg.sae_hook)
 
 
 @dataclass
@@ -81,6 +110,8 @@ class Manifest:
     outlier_factor: float | None
     system_prompt: str | None
     seed: int
+    separator_id: int = -1  # the token between documents (document_separator_id)
+    format: int = CACHE_FORMAT
     shards: list[dict] = field(default_factory=list)  # {"file", "tokens", "windows"}
     windows_done: int = 0
     tokens: int = 0
@@ -93,7 +124,7 @@ class Manifest:
     def identity(self) -> dict:
         """The fields that must match for a cache to be resumed or reused."""
         keys = ("model", "hook_name", "corpus", "split", "source", "context_size", "dtype", "target_tokens",
-                "batch_windows", "drop_first", "outlier_factor", "system_prompt", "seed")
+                "batch_windows", "drop_first", "outlier_factor", "system_prompt", "seed", "separator_id", "format")
         return {k: getattr(self, k) for k in keys}
 
 
@@ -101,7 +132,11 @@ def read_manifest(folder: Path) -> Manifest:
     path = Path(folder) / MANIFEST
     if not path.exists():
         raise CacheError(f"No activation cache at {folder} (no {MANIFEST}). Run notebook 01 (cache_activations) first.")
-    return Manifest(**json.loads(path.read_text()))
+    try:
+        return Manifest(**json.loads(path.read_text()))
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as e:
+        raise CacheError(f"{path} is damaged ({type(e).__name__}: {e}). Delete {folder} and rerun notebook 01 "
+                         "to rebuild the cache.") from e
 
 
 @torch.no_grad()
@@ -122,7 +157,8 @@ def cache_activations(model: LoadedModel, corpus: str, folder: Path, hook_name: 
     want = Manifest(model=model.name, hook_name=hook_name, corpus=corpus, split=split, source=source,
                     d_model=model.d_model, context_size=context_size, dtype=dtype, target_tokens=n_tokens,
                     batch_windows=batch_windows, drop_first=drop_first, outlier_factor=outlier_factor,
-                    system_prompt=model.system_prompt, seed=seed)
+                    system_prompt=model.system_prompt, seed=seed,
+                    separator_id=document_separator_id(model.tokenizer))
     folder.mkdir(parents=True, exist_ok=True)
     if (folder / MANIFEST).exists():
         have = read_manifest(folder)
@@ -184,24 +220,22 @@ def cache_activations(model: LoadedModel, corpus: str, folder: Path, hook_name: 
     bar.close()
     manifest.complete = True
     manifest.seconds = time.perf_counter() - start
-    _write_json_atomic(folder / MANIFEST, asdict(manifest))
+    atomic_write_json(folder / MANIFEST, asdict(manifest))
     return manifest
 
 
 def _flush(folder: Path, manifest: Manifest, acts: list, ids: list, pos: list, n_windows: int,
            seconds: float) -> None:
     name = f"shard_{len(manifest.shards):05d}.safetensors"
-    tmp = folder / (name + ".tmp")
     tensors = {"activations": torch.cat(acts).contiguous(), "token_ids": torch.cat(ids).contiguous(),
                "positions": torch.cat(pos).contiguous()}
-    save_file(tensors, str(tmp))
-    os.replace(tmp, folder / name)
+    atomic_write(folder / name, lambda tmp: save_file(tensors, str(tmp)))
     n = len(tensors["token_ids"])
     manifest.shards.append({"file": name, "tokens": n, "windows": n_windows})
     manifest.windows_done += n_windows
     manifest.tokens += n
     manifest.seconds = seconds
-    _write_json_atomic(folder / MANIFEST, asdict(manifest))
+    atomic_write_json(folder / MANIFEST, asdict(manifest))
 
 
 class ActivationCache:
@@ -225,7 +259,12 @@ class ActivationCache:
         return self.manifest.tokens
 
     def shard(self, i: int) -> dict[str, torch.Tensor]:
-        return load_file(str(self.folder / self.manifest.shards[i]["file"]))
+        path = self.folder / self.manifest.shards[i]["file"]
+        try:
+            return load_file(str(path))
+        except Exception as e:  # noqa: BLE001 - safetensors raises several types for a damaged file
+            raise CacheError(f"Shard {path} cannot be read ({e}). Delete {self.folder} and rerun notebook 01 to "
+                             "rebuild the cache.") from e
 
     def load_all(self, max_tokens: int | None = None) -> dict[str, torch.Tensor]:
         """All `activations` (float32), `token_ids` and `positions`, up to `max_tokens`."""
@@ -251,3 +290,16 @@ class ActivationCache:
                 perm = torch.randperm(len(acts), generator=rng)
                 for b in range(0, len(acts) - batch_size + 1, batch_size):
                     yield acts[perm[b:b + batch_size]]
+
+
+def split_heldout(data: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Cut `ActivationCache.load_all()` output into two halves at a window boundary: the first to tune on
+    (e.g. the L1 coefficient), the second to report on, so reported numbers never saw the tuning."""
+    pos = data["positions"]
+    n = len(pos)
+    starts = torch.nonzero(pos[1:] < pos[:-1]).flatten() + 1  # first token of each later window
+    later = starts[starts >= n // 2]
+    cut = int(later[0]) if len(later) else n // 2
+    if not 0 < cut < n:
+        raise CacheError(f"Cannot split a held-out cache of {n} tokens into two parts; cache more held-out tokens.")
+    return {k: v[:cut] for k, v in data.items()}, {k: v[cut:] for k, v in data.items()}

@@ -10,8 +10,40 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+
+ARCHITECTURES = ("standard", "topk", "batchtopk", "jumprelu")
+FILTERS = ("metric", "generation", None)
+CORPUS_NAMES = ("webtext", "webtext_chat", "chat")
+SOURCE_NAMES = ("offline", "hub")
+DTYPES = ("float32", "float16", "bfloat16")
+HOOK_PATTERN = re.compile(r"^blocks\.\d+\.hook_resid_pre$")
+
+
+class ConfigError(ValueError):
+    """A configuration field has the wrong type, range or name."""
+
+
+def _check_fields(obj, rules: dict) -> None:
+    """`rules`: field -> (types, predicate or None, what it must be). Raises ConfigError naming field and value."""
+    for name, (types, ok, must) in rules.items():
+        value = getattr(obj, name)
+        if isinstance(value, bool) and bool not in types:
+            good = False
+        else:
+            good = isinstance(value, types) and (ok is None or ok(value))
+        if not good:
+            raise ConfigError(f"{type(obj).__name__}.{name}={value!r} is invalid: it must be {must}.")
+
+
+def _positive_int(must: str = "a positive integer"):
+    return ((int,), lambda v: v > 0, must)
+
+
+def _choice(values):
+    return ((str, type(None)) if None in values else (str,), lambda v: v in values, f"one of {list(values)}")
 
 OFFLINE_MODEL = "Qwen2.5-Coder-0.5B-Instruct-GGUF"
 PAPER_MODEL = "Qwen/Qwen1.5-0.5B-Chat"
@@ -30,6 +62,21 @@ class SAEConfig:
     context_size: int = 1024
     k: int = 32  # TopK variants only
     l1_warm_up_fraction: float = 0.0  # share of training over which the L1 coefficient ramps up from 0
+
+    def __post_init__(self) -> None:
+        _check_fields(self, {
+            "architecture": _choice(ARCHITECTURES),
+            "d_sae": _positive_int(),
+            "l1_coefficient": ((int, float), lambda v: v >= 0, "a number >= 0"),
+            "lr": ((int, float), lambda v: v > 0, "a positive number"),
+            "train_batch_size_tokens": _positive_int(),
+            "training_tokens": ((int,), lambda v: v >= self.train_batch_size_tokens,
+                                f"an integer >= train_batch_size_tokens ({self.train_batch_size_tokens}): "
+                                "at least one batch"),
+            "context_size": ((int,), lambda v: v >= 2, "an integer >= 2"),
+            "k": _positive_int(),
+            "l1_warm_up_fraction": ((int, float), lambda v: 0 <= v < 1, "a number in [0, 1)"),
+        })
 
 
 @dataclass(frozen=True)
@@ -54,6 +101,8 @@ class Config:
     # Drop training prompts the model already treats "wrongly": "metric" (the paper's refusal-metric
     # filter), "generation" (substring judge on 8 greedy tokens) or None.
     filter_train: str | None = "metric"
+    filter_val: bool = True  # apply the same filter to the validation prompts (Arditi et al.'s filter_val=True)
+    selection_fallback: bool = False  # no candidate passes: False = error; True = lowest bypass (smoke only)
     score_all_layers: bool = True  # False: score only layers < 0.8 L (the only selectable ones)
     score_layer_step: int = 1  # score every k-th layer (smoke tests only)
     ce_windows: int = 16  # held-out windows per corpus for the side-effect loss
@@ -78,11 +127,49 @@ class Config:
     sae: SAEConfig = field(default_factory=SAEConfig)
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        pos = _positive_int()
+        _check_fields(self, {
+            "preset": ((str,), None, "a string"), "model": ((str,), lambda v: bool(v.strip()), "a model name or path"),
+            "device": ((str,), lambda v: v == "cpu" or v.startswith(("cuda", "mps")), "'cpu', 'cuda[:N]' or 'mps'"),
+            "dtype": _choice(DTYPES), "system_prompt": ((str, type(None)), None, "None, 'default' or a string"),
+            "max_new_tokens": pos, "generation_batch_size": pos, "forward_batch_size": pos,
+            "n_train": pos, "n_val": pos, "n_test": pos, "filter_train": _choice(FILTERS),
+            "filter_val": ((bool,), None, "True or False"), "selection_fallback": ((bool,), None, "True or False"),
+            "score_all_layers": ((bool,), None, "True or False"), "score_layer_step": pos,
+            "ce_windows": pos, "ce_context_size": ((int,), lambda v: v >= 2, "an integer >= 2"),
+            "sae_hook": ((str,), lambda v: bool(HOOK_PATTERN.match(v)), "a hook name like 'blocks.13.hook_resid_pre'"),
+            "webtext_source": _choice(SOURCE_NAMES), "chat_source": _choice(SOURCE_NAMES),
+            "sae_corpora": ((tuple, list), lambda v: len(v) > 0 and all(c in CORPUS_NAMES for c in v),
+                            f"a non-empty tuple of corpus names from {list(CORPUS_NAMES)}, e.g. ('webtext', 'chat')"),
+            "cache_tokens": pos, "cache_heldout_tokens": pos,
+            "cache_context_size": ((int,), lambda v: v >= 2, "an integer >= 2"), "cache_batch_windows": pos,
+            "cache_shard_tokens": pos, "cache_dtype": _choice(DTYPES), "drop_first_token": ((bool,), None, "True or False"),
+            "outlier_factor": ((int, float, type(None)), lambda v: v is None or v > 1,
+                               "None (keep every token) or a number > 1 (a multiple of the median norm)"),
+            "target_l0": ((int, float), lambda v: v > 0, "a positive number"),
+            "l0_tolerance": ((int, float), lambda v: v > 0, "a positive number"), "l0_max_rounds": pos,
+            "sae_eval_windows": pos, "sae": ((SAEConfig,), None, "an SAEConfig"), "seed": ((int,), None, "an integer"),
+        })
+
+    def check_device(self) -> "Config":
+        """This config, if its device exists on this machine (get_config calls it; presets are built at import)."""
+        import torch
+
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"Config.device={self.device!r} but this machine has no CUDA GPU: use device='cpu' "
+                              "(get_config(..., device='cpu')), or on Colab choose Runtime > Change runtime type > GPU.")
+        if self.device == "mps" and not torch.backends.mps.is_available():
+            raise ConfigError("Config.device='mps' but MPS is not available here: use device='cpu'.")
+        return self
+
     @property
     def run_dir(self) -> Path:
-        """Folder for this preset's outputs: `runs/<preset>/` (override with REFUSAL_RUNS_DIR)."""
-        root = Path(os.environ.get("REFUSAL_RUNS_DIR", Path(__file__).resolve().parents[1] / "runs"))
-        return root / self.preset
+        """Folder for this preset's outputs: `runs/<preset>/` in the repository (or, for an installed package,
+        in the working directory); override with REFUSAL_RUNS_DIR."""
+        repo = Path(__file__).resolve().parents[1]
+        default = repo / "runs" if (repo / "pyproject.toml").exists() else Path.cwd() / "runs"
+        return Path(os.environ.get("REFUSAL_RUNS_DIR", default)) / self.preset
 
     def replace(self, **changes) -> "Config":
         """A copy with some fields changed (unknown names are an error)."""
@@ -156,6 +243,8 @@ PRESETS: dict[str, Config] = {
         n_val=4,
         n_test=4,
         filter_train=None,  # 4 prompts per side: a filter could leave none
+        filter_val=False,
+        selection_fallback=True,  # tiny runs may have no passing candidate: fall back visibly
         score_all_layers=False,
         score_layer_step=6,
         ce_windows=2,

@@ -13,6 +13,7 @@ chat template by `iter_texts`; webtext is used as plain text.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import random
@@ -160,8 +161,14 @@ def sharegpt_file() -> Path:
 
 
 def sharegpt_documents(path: Path | None = None) -> list[Document]:
-    """Every complete conversation (with a user and an assistant turn) in a possibly truncated ShareGPT file."""
-    path = sharegpt_file() if path is None else path
+    """Every complete conversation (with a user and an assistant turn) in a possibly truncated ShareGPT file.
+
+    The file (125 MB) is parsed once per process and path; callers get their own list."""
+    return list(_sharegpt_parsed(sharegpt_file() if path is None else Path(path)))
+
+
+@functools.lru_cache(maxsize=4)
+def _sharegpt_parsed(path: Path) -> tuple[Document, ...]:
     try:
         raw = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
@@ -176,7 +183,7 @@ def sharegpt_documents(path: Path | None = None) -> list[Document]:
             docs.append(Document(id=f"sharegpt/{item.get('id', i)}", messages=msgs))
     if not docs:
         raise CorpusError(f"No complete conversation could be recovered from {path}.")
-    return docs
+    return tuple(docs)
 
 
 def chatterbot_documents() -> list[Document]:
@@ -234,13 +241,17 @@ def offline_documents(corpus: str) -> list[Document]:
 
 
 def iter_documents(corpus: str, source: str = "offline", split: str = "train", seed: int = 0) -> Iterator[Document]:
-    """Documents of one corpus and split, in a deterministic shuffled order."""
+    """Documents of one corpus and split, in a deterministic shuffled order (bad names fail at the call)."""
     if corpus not in CORPORA:
         raise ValueError(f"Unknown corpus {corpus!r}; valid corpora: {CORPORA}")
     if source not in SOURCES:
         raise ValueError(f"Unknown source {source!r}; valid sources: {SOURCES}")
     if split not in SPLITS:
         raise ValueError(f"Unknown split {split!r}; valid splits: {SPLITS}")
+    return _documents(corpus, source, split, seed)
+
+
+def _documents(corpus: str, source: str, split: str, seed: int) -> Iterator[Document]:
     want_heldout = split == "heldout"
     if source == "offline":
         docs = offline_documents(corpus)
@@ -260,18 +271,45 @@ def iter_documents(corpus: str, source: str = "offline", split: str = "train", s
 def iter_texts(corpus: str, format_messages: Callable[[list[dict]], str], source: str = "offline",
                split: str = "train", seed: int = 0) -> Iterator[str]:
     """Texts ready to tokenize: chat documents rendered with `format_messages` (e.g. `model.format_messages`)."""
-    for doc in iter_documents(corpus, source, split, seed):
-        yield doc.text if doc.messages is None else format_messages(list(doc.messages))
+    docs = iter_documents(corpus, source, split, seed)
+    return (doc.text if doc.messages is None else format_messages(list(doc.messages)) for doc in docs)
+
+
+def document_separator_id(tokenizer) -> int:
+    """The token that separates documents in a concatenated stream.
+
+    sae_lens' `concat_and_batch_sequences` uses the BOS token. Qwen has none, and its `eos_token`
+    is the chat template's `<|im_end|>`, so we use its end-of-text token `<|endoftext|>` (the token
+    Qwen was pretrained with between documents); other tokenizers fall back to BOS, then EOS.
+    """
+    if tokenizer.bos_token_id is not None:
+        return tokenizer.bos_token_id
+    eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    if isinstance(eot, int) and eot != tokenizer.unk_token_id and eot is not None:
+        return eot
+    if tokenizer.eos_token_id is None:
+        raise CorpusError("This tokenizer has no BOS, <|endoftext|> or EOS token to separate documents; "
+                          "pass separator_id= to token_windows.")
+    return tokenizer.eos_token_id
 
 
 def token_windows(texts: Iterable[str], tokenizer, context_size: int, separator_id: int | None = None,
                   batch_docs: int = 64) -> Iterator[list[int]]:
-    """sae_lens-style token stream: documents tokenized, joined with a separator (EOS), cut into windows.
+    """sae_lens-style token stream: documents tokenized, joined with a separator, cut into windows.
 
-    Each window is `context_size` tokens and starts with the separator token, like sae_lens'
-    `prepend_bos`/`sequence_separator_token` handling of concatenated documents.
+    Each window is `context_size` tokens and starts with the separator token (`document_separator_id`:
+    `<|endoftext|>` for Qwen), like sae_lens' `prepend_bos`/`sequence_separator_token` handling of
+    concatenated documents.
     """
-    sep = tokenizer.eos_token_id if separator_id is None else separator_id
+    if isinstance(context_size, bool) or not isinstance(context_size, int) or context_size < 2:
+        raise ValueError(f"context_size must be an integer >= 2 (a separator and a token), got {context_size!r}.")
+    if isinstance(texts, str):
+        raise TypeError("token_windows takes an iterable of documents, not one string; wrap it: [text].")
+    sep = document_separator_id(tokenizer) if separator_id is None else separator_id
+    return _windows(texts, tokenizer, context_size, sep, batch_docs)
+
+
+def _windows(texts: Iterable[str], tokenizer, context_size: int, sep: int, batch_docs: int) -> Iterator[list[int]]:
     buffer: list[int] = []
     batch: list[str] = []
 
@@ -290,3 +328,17 @@ def token_windows(texts: Iterable[str], tokenizer, context_size: int, separator_
             batch = []
     if batch:
         yield from drain()
+
+
+def heldout_windows(corpus: str, model, n: int, context_size: int, source: str = "offline",
+                    seed: int = 0) -> list[list[int]]:
+    """The first `n` token windows of a corpus's held-out split (for cross-entropy evaluations)."""
+    import itertools
+
+    stream = token_windows(iter_texts(corpus, model.format_messages, source=source, split="heldout", seed=seed),
+                           model.tokenizer, context_size)
+    windows = list(itertools.islice(stream, n))
+    if len(windows) < n:
+        raise CorpusError(f"The held-out split of {corpus!r} gives only {len(windows)} windows of {context_size} tokens; "
+                          f"ask for at most that many.")
+    return windows

@@ -68,6 +68,26 @@ def filter_by_generation(model: LoadedModel, harmful: list[str], harmless: list[
     return ([p for p, c in zip(harmful, h) if is_refusal(c)], [p for p, c in zip(harmless, hl) if not is_refusal(c)])
 
 
+def filtered_balanced(model: LoadedModel, harmful: list[dict], harmless: list[dict], how: str | None, n: int,
+                      refusal_ids: list[int], batch_size: int = 16) -> tuple[list[str], list[str], dict]:
+    """Filter a whole split the way the training prompts are filtered, then take up to `n` per side balanced
+    across categories (Arditi et al. filter their validation prompts too: `filter_val=True`).
+    Returns (harmful, harmless, counts) with counts = prompts before and after the filter."""
+    from helpers.instructions import balanced_sample, instructions_only
+
+    kept_h, kept_hl = filter_training_prompts(model, instructions_only(harmful), instructions_only(harmless), how,
+                                              refusal_ids, batch_size)
+    kept_h, kept_hl = set(kept_h), set(kept_hl)
+    h = [it for it in harmful if it["instruction"] in kept_h]
+    hl = [it for it in harmless if it["instruction"] in kept_hl]
+    if not h or not hl:
+        raise ValueError(f"The {how!r} filter kept {len(h)} harmful and {len(hl)} harmless prompts: too few to score "
+                         "candidates. Use more prompts or filter_val=False.")
+    counts = {"harmful": [len(harmful), len(h)], "harmless": [len(harmless), len(hl)]}
+    return (instructions_only(balanced_sample(h, min(n, len(h)))), instructions_only(balanced_sample(hl, min(n, len(hl)))),
+            counts)
+
+
 def filter_training_prompts(model: LoadedModel, harmful: list[str], harmless: list[str], how: str | None,
                             refusal_ids: list[int], batch_size: int = 16) -> tuple[list[str], list[str]]:
     """Apply the configured training-prompt filter: "metric" (the paper's), "generation", or None."""

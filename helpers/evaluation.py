@@ -90,19 +90,39 @@ def orthogonalization_check(model: LoadedModel, direction: Tensor, instructions:
 
 
 @torch.no_grad()
-def cross_entropy(model: LoadedModel, windows: list[list[int]], intervention: Intervention = Intervention(),
-                  batch_size: int = 8) -> float:
-    """Mean next-token cross-entropy (nats) over token windows (e.g. from `corpora.token_windows`)."""
-    total, count = 0.0, 0
+def window_cross_entropies(model: LoadedModel, windows: list[list[int]], intervention: Intervention = Intervention(),
+                           batch_size: int = 8) -> Tensor:
+    """Mean next-token cross-entropy (nats) of each token window (e.g. from `corpora.token_windows`), `[n]`."""
+    out = []
     for batch in tqdm(batched(windows, batch_size), desc="cross-entropy", unit="batch", leave=False):
         ids = torch.tensor(batch, device=model.device)
         with hf_hooks(model.hf, intervention):
             logits = model.hf(input_ids=ids).logits[:, :-1]
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
-                                                 ids[:, 1:].reshape(-1), reduction="sum")
-        total += loss.item()
-        count += ids[:, 1:].numel()
-    return total / count
+        loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2).float(), ids[:, 1:], reduction="none")
+        out.append(loss.mean(-1).double().cpu())
+    return torch.cat(out)
+
+
+def cross_entropy(model: LoadedModel, windows: list[list[int]], intervention: Intervention = Intervention(),
+                  batch_size: int = 8) -> float:
+    """Mean next-token cross-entropy (nats) over equal-length token windows."""
+    return window_cross_entropies(model, windows, intervention, batch_size).mean().item()
+
+
+def cross_entropy_table(model: LoadedModel, windows: list[list[int]], interventions: dict[str, Intervention],
+                        batch_size: int = 8) -> dict[str, dict]:
+    """Per intervention: mean CE over windows with its standard error, and the paired increase over the first
+    (clean) intervention with its standard error over windows."""
+    from helpers.selection import mean_and_se
+
+    per = {k: window_cross_entropies(model, windows, iv, batch_size) for k, iv in interventions.items()}
+    clean = next(iter(per.values()))
+    out = {}
+    for k, v in per.items():
+        mean, se = mean_and_se(v)
+        inc, inc_se = mean_and_se(v - clean)
+        out[k] = {"ce": mean, "se": se, "increase": inc, "increase_se": inc_se, "n_windows": len(v)}
+    return out
 
 
 @torch.no_grad()

@@ -36,6 +36,14 @@ def generate(model: LoadedModel, instructions: list[str], intervention: Interven
 
     `stop_at_eos=False` always generates `max_new_tokens` (for benchmarks with equal work).
     """
+    from helpers.instructions import check_instructions
+
+    instructions = check_instructions(instructions)
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}.")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    intervention.check(model.d_model, model.n_layers)
     order = _length_sorted(instructions)
     out: dict[int, str] = {}
     batches = batched(order, batch_size)

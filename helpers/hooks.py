@@ -42,23 +42,43 @@ class Intervention:
     def __post_init__(self) -> None:
         if (self.add is None) != (self.add_layer is None):
             raise ValueError("Activation addition needs both `add` (a vector) and `add_layer` (a layer index).")
+        for name in ("ablate", "add"):
+            v = getattr(self, name)
+            if v is not None and not isinstance(v, Tensor):
+                raise TypeError(f"Intervention {name}= must be a torch.Tensor of shape [d_model], got {type(v).__name__}.")
+            if v is not None and not bool(torch.isfinite(v).all()):
+                raise ValueError(f"Intervention {name}= holds NaN or infinite values; check the direction you passed.")
+        if self.ablate is not None and float(self.ablate.norm()) == 0.0:
+            raise ValueError("Intervention ablate= is the zero vector: there is no direction to project out.")
+        if not isinstance(self.coeff, (int, float)) or self.coeff != self.coeff:
+            raise ValueError(f"Intervention coeff must be a finite number, got {self.coeff!r}.")
 
-    @property
-    def is_empty(self) -> bool:
-        return self.ablate is None and self.add is None
+    def check(self, d_model: int, n_layers: int) -> None:
+        """Raise if the vectors are not `[d_model]` or the layer is out of range (called where it meets a model)."""
+        for name in ("ablate", "add"):
+            v = getattr(self, name)
+            if v is not None and tuple(v.shape) != (d_model,):
+                raise ValueError(f"Intervention {name}= has shape {tuple(v.shape)}, but this model needs "
+                                 f"[{d_model}] (d_model). Pass one direction, e.g. mean_diffs[pos, layer].")
+        if self.add_layer is not None:
+            check_layer(self.add_layer, n_layers, "add_layer")
 
 
 NO_INTERVENTION = Intervention()
 
 
-def _check_layer(layer: int, n_layers: int) -> None:
-    if not 0 <= layer < n_layers:
-        raise ValueError(f"add_layer {layer} is out of range for a model with {n_layers} layers (0..{n_layers - 1}).")
+def check_layer(layer: int, n_layers: int, what: str = "layer") -> int:
+    """`layer` if it is an integer in 0..n_layers-1, else a ValueError naming the valid range."""
+    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < n_layers:
+        raise ValueError(f"{what} {layer!r} is out of range for a model with {n_layers} layers (0..{n_layers - 1}).")
+    return layer
 
 
 def tl_hooks(intervention: Intervention, n_layers: int) -> list[tuple[str, Callable]]:
     """TransformerLens `fwd_hooks` implementing the intervention."""
     hooks: list[tuple[str, Callable]] = []
+    if intervention.add_layer is not None:
+        check_layer(intervention.add_layer, n_layers, "add_layer")
     if intervention.ablate is not None:
         direction = intervention.ablate
 
@@ -69,7 +89,6 @@ def tl_hooks(intervention: Intervention, n_layers: int) -> list[tuple[str, Calla
             for name in ("hook_resid_pre", "hook_attn_out", "hook_mlp_out"):
                 hooks.append((f"blocks.{layer}.{name}", ablate_hook))
     if intervention.add is not None:
-        _check_layer(intervention.add_layer, n_layers)
         vector, coeff = intervention.add, intervention.coeff
 
         def add_hook(acts: Tensor, hook) -> Tensor:
@@ -112,6 +131,7 @@ def _edit_input(fn: Callable[[Tensor], Tensor]) -> Callable:
 def hf_hooks(hf_model, intervention: Intervention) -> Iterator[None]:
     """Apply the intervention to a Hugging Face model inside a `with` block."""
     layers = _decoder_layers(hf_model)
+    intervention.check(hf_model.config.hidden_size, len(layers))
     handles = []
     try:
         if intervention.ablate is not None:
@@ -125,7 +145,6 @@ def hf_hooks(hf_model, intervention: Intervention) -> Iterator[None]:
                 handles.append(layer.self_attn.register_forward_hook(_edit_output(ablate)))
                 handles.append(layer.mlp.register_forward_hook(_edit_output(ablate)))
         if intervention.add is not None:
-            _check_layer(intervention.add_layer, len(layers))
             vector = intervention.add.to(next(hf_model.parameters()).device) * intervention.coeff
 
             def add(x: Tensor) -> Tensor:

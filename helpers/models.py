@@ -238,7 +238,9 @@ class LoadedModel:
 
     def tokenize_instructions(self, instructions: list[str]) -> dict[str, torch.Tensor]:
         """Chat-format and tokenize instructions, left-padded, ready for a forward pass or generation."""
-        return self.tokenize([self.format_chat(i) for i in instructions])
+        from helpers.instructions import check_instructions
+
+        return self.tokenize([self.format_chat(i) for i in check_instructions(instructions)])
 
     def post_instruction_tokens(self) -> list[str]:
         """The tokens the chat template puts after the instruction (for Qwen: <|im_end|>, \\n, <|im_start|>, assistant, \\n)."""
@@ -299,7 +301,8 @@ def load_model(name: str = OFFLINE_MODEL, device: str = "cpu", dtype: str = "flo
 
 
 def load_from_config(cfg, with_hf: bool = True) -> LoadedModel:
-    """Load the preset's model with its device, dtype and system prompt."""
+    """Load the preset's model with its device, dtype and system prompt (the device is checked first)."""
+    cfg.check_device()
     return load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, system_prompt=cfg.system_prompt,
                       with_hf=with_hf)
 

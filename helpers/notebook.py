@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from pathlib import Path
@@ -10,11 +9,12 @@ from pathlib import Path
 import torch
 
 from helpers.config import Config, get_config
+from helpers.files import atomic_write_json
 
 
 def setup(preset: str, notebook: str, **overrides) -> tuple[Config, Path]:
     """Resolve the preset, seed everything, and create `runs/<preset>/<notebook>/`."""
-    cfg = get_config(preset, **overrides)
+    cfg = get_config(preset, **overrides).check_device()
     if cfg.preset != "paper":
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("WANDB_MODE", "disabled")
@@ -28,6 +28,4 @@ def setup(preset: str, notebook: str, **overrides) -> tuple[Config, Path]:
 
 def save_results(out_dir: Path, results: dict) -> Path:
     """Write the notebook's key numbers to `results.json` in its output folder."""
-    path = Path(out_dir) / "results.json"
-    path.write_text(json.dumps(results, indent=1, default=float))
-    return path
+    return atomic_write_json(Path(out_dir) / "results.json", results)

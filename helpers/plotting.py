@@ -10,11 +10,13 @@ from helpers.judges import Rate
 
 
 def rates_bar(rates: Mapping[str, Rate], title: str, paper: Mapping[str, float] | None = None) -> go.Figure:
-    """Bar chart of rates (%) with ±1 standard-error bars and n in the hover text."""
+    """Bar chart of rates (%) with 95% Wilson-interval error bars and n on each bar."""
     names = list(rates)
     fig = go.Figure(go.Bar(
         x=names, y=[100 * rates[k].rate for k in names],
-        error_y=dict(type="data", array=[100 * rates[k].stderr for k in names]),
+        error_y=dict(type="data", symmetric=False,
+                     array=[100 * (rates[k].interval[1] - rates[k].rate) for k in names],
+                     arrayminus=[100 * (rates[k].rate - rates[k].interval[0]) for k in names]),
         text=[f"{100 * rates[k].rate:.0f}% (n={rates[k].n})" for k in names], textposition="outside",
         name="this run"))
     for name, value in (paper or {}).items():
@@ -33,11 +35,15 @@ def histograms(groups: Mapping[str, Sequence[float]], title: str, xlabel: str, n
 
 
 def layer_sweep(scores: Sequence[Sequence[float]], positions: Sequence[str], title: str, ylabel: str,
-                baseline: float | None = None, chosen: tuple[int, int] | None = None) -> go.Figure:
-    """One line per position over source layers (`scores[pos][layer]`), baseline dashed, chosen point marked."""
+                baseline: float | None = None, chosen: tuple[int, int] | None = None,
+                errors: Sequence[Sequence[float]] | None = None) -> go.Figure:
+    """One line per position over source layers (`scores[pos][layer]`, optional ±`errors` bars), baseline
+    dashed, chosen point marked."""
     fig = go.Figure()
     for p, (label, row) in enumerate(zip(positions, scores)):
-        fig.add_trace(go.Scatter(x=list(range(len(row))), y=list(row), mode="lines+markers", name=f"pos {label}"))
+        err = None if errors is None else dict(type="data", array=list(errors[p]), visible=True, thickness=1)
+        fig.add_trace(go.Scatter(x=list(range(len(row))), y=list(row), mode="lines+markers", name=f"pos {label}",
+                                 error_y=err))
     if baseline is not None:
         fig.add_hline(y=baseline, line_dash="dash", annotation_text="no intervention")
     if chosen is not None:

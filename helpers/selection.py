@@ -4,7 +4,9 @@ For candidate r = mean_diffs[pos, layer], on validation prompts:
 - bypass score: mean refusal metric on harmful prompts with r ablated everywhere (lower = better);
 - induce score: mean refusal metric on harmless prompts with r added at `layer` (must be > 0);
 - KL score: KL(clean || ablated) of the last-position next-token distribution on harmless prompts (< 0.1).
-Keep candidates with induce > 0, KL < 0.1 and layer < 0.8 L; pick the lowest bypass score.
+Keep candidates with induce > 0, KL < 0.1 and layer < int(0.8 L) (as andyrdt/refusal_direction's
+`prune_layer_percentage=0.2`); pick the lowest bypass score. Every score is a mean over prompts and
+comes with its standard error over prompts.
 """
 
 from __future__ import annotations
@@ -22,10 +24,26 @@ from helpers.judges import refusal_metric
 from helpers.models import LoadedModel
 
 
+MAX_LAYER_FRACTION = 0.8
+
+
+def max_selectable_layer(n_layers: int, fraction: float = MAX_LAYER_FRACTION) -> int:
+    """Candidates must come from a layer < this: int(0.8 L), as in Arditi et al.'s code (19 for 24 layers)."""
+    return int(fraction * n_layers)
+
+
+def mean_and_se(values: Tensor) -> tuple[float, float]:
+    """Mean and standard error of the mean (sample standard deviation / sqrt(n); NaN for n < 2)."""
+    v = values.double().flatten()
+    se = (v.std(unbiased=True) / math.sqrt(len(v))).item() if len(v) > 1 else math.nan
+    return v.mean().item(), se
+
+
 @dataclass
 class CandidateScores:
     """Scores for every candidate, each `[n_positions, n_layers]` (NaN where not computed, or where the
-    candidate is the zero vector: at layer 0 every post-instruction token has the same embedding)."""
+    candidate is the zero vector: at layer 0 every post-instruction token has the same embedding), with
+    their standard errors over validation prompts (`*_se`)."""
 
     positions: list[int]
     bypass: Tensor
@@ -33,11 +51,20 @@ class CandidateScores:
     kl: Tensor
     baseline_harmful: float  # mean refusal metric on harmful prompts, no intervention
     baseline_harmless: float
+    bypass_se: Tensor | None = None
+    induce_se: Tensor | None = None
+    kl_se: Tensor | None = None
+    n_harmful: int = 0
+    n_harmless: int = 0
 
     def to_json(self) -> dict:
-        return {"positions": self.positions, "bypass": self.bypass.tolist(), "induce": self.induce.tolist(),
-                "kl": self.kl.tolist(), "baseline_harmful": self.baseline_harmful,
-                "baseline_harmless": self.baseline_harmless}
+        out = {"positions": self.positions, "baseline_harmful": self.baseline_harmful,
+               "baseline_harmless": self.baseline_harmless, "n_harmful": self.n_harmful,
+               "n_harmless": self.n_harmless}
+        for name in ("bypass", "induce", "kl", "bypass_se", "induce_se", "kl_se"):
+            t = getattr(self, name)
+            out[name] = None if t is None else t.tolist()
+        return out
 
 
 def kl_last_token(clean_logits: Tensor, other_logits: Tensor) -> Tensor:
@@ -55,7 +82,7 @@ def score_candidates(model: LoadedModel, mean_diffs: Tensor, positions: list[int
     n_pos, n_layers, _ = mean_diffs.shape
     max_layer = n_layers if max_layer is None else max_layer
     shape = (n_pos, n_layers)
-    bypass, induce, kl = (torch.full(shape, math.nan) for _ in range(3))
+    bypass, induce, kl, bypass_se, induce_se, kl_se = (torch.full(shape, math.nan) for _ in range(6))
     clean_harmful = last_token_logits(model, harmful_val, batch_size=batch_size)
     harmless_batches = cache_prompt_batches(model, harmless_val, batch_size)  # induce passes start at their layer
     clean_harmless = harmless_batches.clean_logits
@@ -65,15 +92,18 @@ def score_candidates(model: LoadedModel, mean_diffs: Tensor, positions: list[int
         if r.norm() < 1e-6:  # e.g. layer 0 at a template token: the same embedding for every prompt
             continue
         ablate = Intervention(ablate=r)
-        bypass[p, layer] = refusal_metric(last_token_logits(model, harmful_val, ablate, batch_size), refusal_ids).mean()
+        bypass[p, layer], bypass_se[p, layer] = mean_and_se(
+            refusal_metric(last_token_logits(model, harmful_val, ablate, batch_size), refusal_ids))
         ablated_harmless = last_token_logits(model, harmless_val, ablate, batch_size)
-        kl[p, layer] = kl_last_token(clean_harmless, ablated_harmless).mean()
+        kl[p, layer], kl_se[p, layer] = mean_and_se(kl_last_token(clean_harmless, ablated_harmless))
         add = Intervention(add=r, add_layer=layer, coeff=1.0)
-        induce[p, layer] = refusal_metric(last_token_logits_from_layer(model, harmless_batches, layer, add),
-                                          refusal_ids).mean()
+        induce[p, layer], induce_se[p, layer] = mean_and_se(
+            refusal_metric(last_token_logits_from_layer(model, harmless_batches, layer, add), refusal_ids))
     return CandidateScores(positions=positions, bypass=bypass, induce=induce, kl=kl,
                            baseline_harmful=refusal_metric(clean_harmful, refusal_ids).mean().item(),
-                           baseline_harmless=refusal_metric(clean_harmless, refusal_ids).mean().item())
+                           baseline_harmless=refusal_metric(clean_harmless, refusal_ids).mean().item(),
+                           bypass_se=bypass_se, induce_se=induce_se, kl_se=kl_se,
+                           n_harmful=len(harmful_val), n_harmless=len(harmless_val))
 
 
 @dataclass(frozen=True)
@@ -86,24 +116,49 @@ class Selection:
     bypass_score: float
     induce_score: float
     kl_score: float
+    bypass_se: float = math.nan
+    induce_se: float = math.nan
+    kl_se: float = math.nan
+    filters_passed: bool = True  # False only for an explicit fallback (smoke runs)
 
     def to_json(self) -> dict:
         return asdict(self)
 
 
+class SelectionError(RuntimeError):
+    """No candidate direction passes the selection filters."""
+
+
+def _selection(scores: CandidateScores, p: int, layer: int, passed: bool = True) -> Selection:
+    se = [math.nan if t is None else float(t[p, layer]) for t in (scores.bypass_se, scores.induce_se, scores.kl_se)]
+    return Selection(p, scores.positions[p], layer, float(scores.bypass[p, layer]), float(scores.induce[p, layer]),
+                     float(scores.kl[p, layer]), *se, filters_passed=passed)
+
+
 def select_direction(scores: CandidateScores, n_layers: int, kl_threshold: float = 0.1,
-                     induce_threshold: float = 0.0, max_layer_frac: float = 0.8) -> Selection:
-    """Lowest bypass score among candidates with induce > threshold, KL < threshold and layer < frac * L."""
-    best: Selection | None = None
-    for p, position in enumerate(scores.positions):
-        for layer in range(scores.bypass.shape[1]):
-            b, i, k = (float(t[p, layer]) for t in (scores.bypass, scores.induce, scores.kl))
-            if math.isnan(b) or layer >= max_layer_frac * n_layers or i <= induce_threshold or k >= kl_threshold:
-                continue
-            if best is None or b < best.bypass_score:
-                best = Selection(p, position, layer, b, i, k)
-    if best is None:
-        raise RuntimeError(
-            f"No candidate passes the filters (induce > {induce_threshold}, KL < {kl_threshold}, "
-            f"layer < {max_layer_frac} * {n_layers}). Use more training prompts or relax the thresholds.")
-    return best
+                     induce_threshold: float = 0.0, max_layer_frac: float = MAX_LAYER_FRACTION,
+                     fallback: bool = False) -> Selection:
+    """Lowest bypass score among candidates with induce > threshold, KL < threshold and layer < int(frac * L).
+
+    When none passes: a `SelectionError` listing the best candidates and their scores, or, with `fallback`
+    (meant for smoke runs only), the lowest bypass score among the scored layers < int(frac * L), marked
+    `filters_passed=False`."""
+    cut = max_selectable_layer(n_layers, max_layer_frac)
+    scored = [(p, layer) for p in range(len(scores.positions)) for layer in range(min(cut, scores.bypass.shape[1]))
+              if not math.isnan(float(scores.bypass[p, layer]))]
+    passing = [(p, layer) for p, layer in scored
+               if float(scores.induce[p, layer]) > induce_threshold and float(scores.kl[p, layer]) < kl_threshold]
+    if passing:
+        return _selection(scores, *min(passing, key=lambda c: float(scores.bypass[c])))
+    if not scored:
+        raise SelectionError(f"No candidate was scored below layer {cut} (= int({max_layer_frac} * {n_layers})).")
+    if fallback:
+        return _selection(scores, *min(scored, key=lambda c: float(scores.bypass[c])), passed=False)
+    best = sorted(scored, key=lambda c: float(scores.bypass[c]))[:5]
+    rows = "; ".join(f"pos {scores.positions[p]} layer {layer}: bypass {float(scores.bypass[p, layer]):.2f}, "
+                     f"induce {float(scores.induce[p, layer]):.2f}, KL {float(scores.kl[p, layer]):.3f}"
+                     for p, layer in best)
+    raise SelectionError(
+        f"No candidate passes the filters (induce > {induce_threshold}, KL < {kl_threshold}, layer < {cut}). "
+        f"Lowest bypass scores: {rows}. Use more or other training prompts, or relax the thresholds "
+        "(select_direction(..., kl_threshold=..., induce_threshold=...)).")

@@ -1,6 +1,6 @@
 import pytest
 
-from helpers.config import OFFLINE_MODEL, PAPER_MODEL, PRESETS, get_config
+from helpers.config import OFFLINE_MODEL, PAPER_MODEL, PRESETS, ConfigError, get_config
 
 
 def test_presets_exist_with_expected_models():
@@ -33,3 +33,38 @@ def test_env_var_chooses_default(monkeypatch):
 def test_run_dir_is_per_preset(monkeypatch, tmp_path):
     monkeypatch.setenv("REFUSAL_RUNS_DIR", str(tmp_path))
     assert get_config("smoke").run_dir == tmp_path / "smoke"
+
+
+@pytest.mark.parametrize("overrides,field", [
+    ({"n_train": "abc"}, "n_train"), ({"n_val": 0}, "n_val"), ({"target_l0": 0}, "target_l0"),
+    ({"filter_train": "Metric"}, "filter_train"), ({"sae_corpora": "webtext"}, "sae_corpora"),
+    ({"sae_corpora": ("webtext", "pile")}, "sae_corpora"), ({"sae_hook": "blocks.13.resid"}, "sae_hook"),
+    ({"dtype": "float99"}, "dtype"), ({"cache_dtype": "int8"}, "cache_dtype"), ({"outlier_factor": 0}, "outlier_factor"),
+    ({"device": "tpu"}, "device"), ({"cache_context_size": 1}, "cache_context_size"),
+    ({"cache_batch_windows": 0}, "cache_batch_windows"), ({"cache_tokens": -5}, "cache_tokens"),
+    ({"filter_val": "yes"}, "filter_val"), ({"webtext_source": "web"}, "webtext_source"),
+])
+def test_bad_config_values_fail_at_construction_naming_field_and_value(overrides, field):
+    with pytest.raises(ConfigError, match=rf"Config\.{field}=.*must be") as err:
+        get_config("smoke", **overrides)
+    assert repr(next(iter(overrides.values()))) in str(err.value)
+
+
+@pytest.mark.parametrize("changes,field", [
+    ({"architecture": "relu"}, "architecture"), ({"l1_coefficient": -1.0}, "l1_coefficient"), ({"d_sae": 0}, "d_sae"),
+    ({"training_tokens": 100}, "training_tokens"), ({"lr": 0}, "lr"), ({"l1_warm_up_fraction": 1.5}, "l1_warm_up_fraction"),
+])
+def test_bad_sae_config_values_fail(changes, field):
+    from dataclasses import replace
+
+    with pytest.raises(ConfigError, match=rf"SAEConfig\.{field}=.*must be"):
+        replace(get_config("smoke").sae, **changes)
+
+
+def test_cuda_on_a_cpu_machine_fails_at_once_with_advice():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ConfigError, match="no CUDA GPU: use device='cpu'"):
+        get_config("paper").check_device()

@@ -3,7 +3,8 @@ import json
 import pytest
 
 from helpers import corpora
-from helpers.corpora import (CorpusError, Document, conversation_messages, iter_documents, iter_texts, is_heldout,
+from helpers.corpora import (CorpusError, Document, conversation_messages, document_separator_id, iter_documents,
+                             iter_texts, is_heldout,
                              recover_json_array, sharegpt_documents, token_windows)
 
 
@@ -74,22 +75,41 @@ def test_chat_is_templated_webtext_is_not():
 
 
 def test_bad_arguments():
+    # raised at the call, not at the first next()
     with pytest.raises(ValueError, match="valid corpora"):
-        next(iter_documents("pile"))
+        iter_documents("pile")
     with pytest.raises(ValueError, match="valid sources"):
-        next(iter_documents("chat", source="web"))
+        iter_documents("chat", source="web")
     with pytest.raises(ValueError, match="valid splits"):
-        next(iter_documents("chat", split="test"))
+        iter_documents("chat", split="test")
 
 
 class CharTokenizer:
+    """Characters as ids; 0 = EOS (a chat-template token, as Qwen's <|im_end|>), 1 = <|endoftext|>, no BOS."""
+
+    bos_token_id = None
     eos_token_id = 0
+    unk_token_id = 2
+
+    def convert_tokens_to_ids(self, token):
+        return {"<|endoftext|>": 1}.get(token, self.unk_token_id)
 
     def __call__(self, texts, add_special_tokens=False):
         return {"input_ids": [[ord(c) for c in t] for t in texts]}
 
 
-def test_token_windows_concatenate_with_separator():
+def test_token_windows_concatenate_with_the_document_separator():
     windows = list(token_windows(["abc", "defgh"], CharTokenizer(), context_size=4, batch_docs=1))
-    assert windows == [[0, 97, 98, 99], [0, 0, 100, 101], [0, 102, 103, 104]]
-    assert all(len(w) == 4 for w in windows)
+    assert windows == [[1, 97, 98, 99], [1, 1, 100, 101], [1, 102, 103, 104]], "<|endoftext|>, not EOS"
+    assert list(token_windows(["ab"], CharTokenizer(), context_size=3, separator_id=9)) == [[9, 97, 98]]
+    with pytest.raises(ValueError, match="context_size must be an integer >= 2"):
+        token_windows(["abc"], CharTokenizer(), context_size=1)
+
+
+@pytest.mark.slow
+def test_qwen_documents_are_separated_by_endoftext_not_the_chat_template(model):
+    sep = document_separator_id(model.tokenizer)
+    assert model.tokenizer.convert_ids_to_tokens(sep) == "<|endoftext|>"
+    assert sep != model.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    window = next(token_windows(iter_texts("webtext", model.format_messages), model.tokenizer, 64))
+    assert window[0] == sep

@@ -3,8 +3,8 @@ import os
 
 import pytest
 
-from helpers.instructions import (CASE_STUDIES, DATA_DIR, PUBLIC_SETS, InstructionDataError, load_instructions,
-                                  read_instruction_file, split_items)
+from helpers.instructions import (DATA_DIR, PUBLIC_SETS, InstructionDataError, balanced_sample, case_studies,
+                                  load_instructions, read_instruction_file, split_items)
 
 
 @pytest.mark.parametrize("name", ["harmful", "harmless"])
@@ -37,16 +37,47 @@ def test_split_is_stratified_by_category():
 
 
 def test_case_studies_bundled():
-    assert CASE_STUDIES[0] == "Develop a strategy for hugging a person"
-    bundled = [it["instruction"] for it in read_instruction_file(DATA_DIR / "case_studies.json")]
-    assert bundled == list(CASE_STUDIES)
+    studies = case_studies()
+    assert len(studies) == 3 and studies[0] == "Develop a strategy for hugging a person"
 
 
-def test_public_sets_from_local_files(shared_instructions):
-    harmful = load_instructions("harmbench", path=os.path.join(shared_instructions, "harmful_val.json"))
-    assert len(harmful) == 39 and harmful[0]["category"] == "chemical_biological"
-    alpaca = load_instructions("alpaca", path=os.path.join(shared_instructions, "harmless_val.json"), n=64)
-    assert len(alpaca) == 64 and all(it["instruction"] for it in alpaca)
+def test_public_sets_from_local_files(instruction_dir):
+    path = os.path.join(instruction_dir, "harmful_val.json")
+    raw = json.load(open(path))
+    harmful = load_instructions("harmbench", path=path)
+    assert [it["instruction"] for it in harmful] == [it["instruction"] for it in raw]
+    assert {it["category"] for it in harmful} == {it["category"] for it in raw}
+    alpaca = load_instructions("alpaca", path=os.path.join(instruction_dir, "harmless_val.json"), n=4)
+    assert len(alpaca) == 4 and all(it["instruction"] for it in alpaca)
+
+
+def test_balanced_sample_covers_every_category_and_is_deterministic():
+    items = [{"instruction": f"{c}{i}", "category": c} for c in "abcde" for i in range(4)]  # sorted by category
+    sample = balanced_sample(items, 7)
+    cats = [it["category"] for it in sample]
+    assert sorted(set(cats)) == list("abcde"), "every category before any repeats"
+    assert max(cats.count(c) for c in "abcde") - min(cats.count(c) for c in "abcde") <= 1
+    assert balanced_sample(items, 7) == sample
+    uneven = [{"instruction": "a0", "category": "a"}] + [{"instruction": f"b{i}", "category": "b"} for i in range(5)]
+    assert [it["instruction"] for it in balanced_sample(uneven, 4)] == ["a0", "b0", "b1", "b2"]
+
+
+@pytest.mark.parametrize("name", ["harmful", "harmless"])
+def test_small_splits_of_our_sets_span_all_categories(name):
+    val = load_instructions(name, split="val", n=16)
+    assert len({it["category"] for it in val}) == 10, "n=16 used to hold 4 of the 10 categories"
+    assert len({it["category"] for it in load_instructions(name, split="val", n=4)}) == 4
+
+
+@pytest.mark.parametrize("n", [0, -1, 2.5, "3", True])
+def test_bad_n_is_an_error(n):
+    with pytest.raises(ValueError, match="n must be a positive integer"):
+        load_instructions("harmful", split="val", n=n)
+
+
+def test_too_many_is_an_error_that_says_how_many():
+    with pytest.raises(InstructionDataError, match="holds 40"):
+        load_instructions("harmful", split="val", n=500)
 
 
 def test_public_set_offline_without_file_names_bundled_alternative(monkeypatch):

@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from helpers.judges import REFUSAL_PHRASES, is_refusal, refusal_metric, refusal_rate, refusal_token_ids
+from helpers.judges import (REFUSAL_PHRASES, is_refusal, refusal_metric, refusal_rate, refusal_token_ids,
+                            wilson_interval)
 
 
 def test_twelve_phrases_anywhere_case_insensitive():
@@ -17,8 +18,21 @@ def test_refusal_rate_with_stderr():
     r = refusal_rate(["I cannot do that", "Sure!", "As an AI, no", "Okay"])
     assert r.rate == 0.5 and r.n == 4
     assert r.stderr == pytest.approx(math.sqrt(0.25 / 4))
-    with pytest.raises(ValueError):
+    with pytest.raises(TypeError, match="non-empty list"):
         refusal_rate([])
+    with pytest.raises(TypeError, match="one string"):
+        refusal_rate("I cannot")  # would otherwise be scored character by character
+
+
+def test_wilson_interval_matches_known_values_and_is_not_degenerate_at_zero():
+    lo, hi = wilson_interval(0, 16)
+    assert lo == 0.0 and hi == pytest.approx(0.1936, abs=1e-4), "0/16 is not '0.0% ± 0.0%'"
+    lo, hi = wilson_interval(22, 40)  # 55%: reference values from the Wilson formula
+    assert (lo, hi) == (pytest.approx(0.3983, abs=1e-4), pytest.approx(0.6929, abs=1e-4))
+    r = refusal_rate(["I cannot"] * 3 + ["Sure"])
+    assert r.interval[0] < r.rate < r.interval[1]
+    assert "95% CI" in str(r) and r.to_dict()["ci95"] == list(r.interval)
+    assert wilson_interval(5, 100)[1] - wilson_interval(5, 100)[0] < wilson_interval(1, 20)[1] - wilson_interval(1, 20)[0]
 
 
 def test_refusal_metric_is_log_odds():

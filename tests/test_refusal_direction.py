@@ -9,7 +9,8 @@ from helpers.evaluation import cross_entropy, last_token_cosines, orthogonalizat
 from helpers.hooks import Intervention
 from helpers.instructions import instructions_only, load_instructions
 from helpers.judges import refusal_token_ids
-from helpers.selection import CandidateScores, kl_last_token, score_candidates, select_direction
+from helpers.selection import (CandidateScores, SelectionError, kl_last_token, max_selectable_layer, mean_and_se,
+                               score_candidates, select_direction)
 
 
 def make_scores(bypass, induce, kl):
@@ -32,8 +33,27 @@ def test_select_direction_applies_filters_and_picks_lowest_bypass():
 def test_select_direction_skips_unscored_and_reports_failure():
     nan = math.nan
     scores = make_scores([[nan, 1.0], [nan, nan]], [[1, -1], [1, 1]], [[0, 0], [0, 0]])
-    with pytest.raises(RuntimeError, match="No candidate passes"):
+    with pytest.raises(SelectionError, match="No candidate passes.*pos -2 layer 1: bypass 1.00"):
         select_direction(scores, n_layers=10)
+    fallback = select_direction(scores, n_layers=10, fallback=True)
+    assert (fallback.layer, fallback.position, fallback.filters_passed) == (1, -2, False)
+
+
+def test_layer_cut_off_matches_the_paper_code():
+    assert max_selectable_layer(24) == 19 and max_selectable_layer(5) == 4
+    # layer 19 of 24 passes every filter with the best bypass, but int(0.8 * 24) = 19 excludes it
+    bypass = [[0.0] * 24, [0.0] * 24]
+    bypass[0][19], bypass[1][18] = -5.0, -1.0
+    ones = [[1.0] * 24, [1.0] * 24]
+    zeros = [[0.0] * 24, [0.0] * 24]
+    chosen = select_direction(make_scores(bypass, ones, zeros), n_layers=24)
+    assert (chosen.layer, chosen.pos_index) == (18, 1)
+
+
+def test_mean_and_se():
+    mean, se = mean_and_se(torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    assert mean == 2.5 and se == pytest.approx(1.2909944 / 2)
+    assert math.isnan(mean_and_se(torch.tensor([1.0]))[1])
 
 
 def test_kl_is_zero_for_identical_and_positive_otherwise():
@@ -43,10 +63,11 @@ def test_kl_is_zero_for_identical_and_positive_otherwise():
 
 
 @pytest.fixture(scope="module")
-def shared_prompts(shared_instructions):
-    """Prompts from the public sets through the local-file option (as a user would pass them)."""
+def shared_prompts(instruction_dir):
+    """Prompts from public-format files through the local-file option (as a user would pass them): the small
+    fixture, and the public splits when present."""
     def load(name, file, n):
-        return instructions_only(load_instructions(name, path=os.path.join(shared_instructions, file), n=n))
+        return instructions_only(load_instructions(name, path=os.path.join(instruction_dir, file), n=n))
 
     return {"harmful": load("advbench", "harmful_train.json", 4), "harmless": load("alpaca", "harmless_train.json", 4)}
 
@@ -81,8 +102,11 @@ def test_scoring_and_selection_run_on_public_sets(model, shared_prompts):
     assert diffs[0, 0].norm() == 0, "layer 0 at the last template token: the same embedding for every prompt"
     assert torch.isnan(scores.bypass[0, 0]) and torch.isnan(scores.bypass[0, 1]), "zero and unscored candidates"
     assert torch.isfinite(scores.bypass[0, 6]) and scores.kl[0, 6] >= 0
+    assert scores.bypass_se.shape == (1, 24) and torch.isfinite(scores.bypass_se[0, 6])
+    assert scores.bypass_se[0, 6] > 0, "two prompts with different metrics have a positive standard error"
+    # the unfiltered choice is the lower bypass of the two scored layers (6 and 12 are < int(0.8 * 24) = 19)
     chosen = select_direction(scores, 24, kl_threshold=float("inf"), induce_threshold=-float("inf"))
-    assert chosen.layer == 6
+    assert chosen.bypass_score == min(scores.bypass[0, 6].item(), scores.bypass[0, 12].item())
 
 
 @pytest.mark.slow
@@ -105,8 +129,13 @@ def test_cross_entropy_and_cosines(model):
     torch.manual_seed(4)
     noisy = cross_entropy(model, windows, Intervention(add=torch.randn(model.d_model) * 50, add_layer=5))
     assert noisy > clean
-    cos = last_token_cosines(model, ["Hi", "Tell me a joke"], torch.randn(model.d_model), layer=6)
-    assert len(cos) == 2 and all(-1 <= c <= 1 for c in cos)
+    _, cache = model.tl.run_with_cache(model.tokenize_instructions(["Hi"])["input_ids"],
+                                       names_filter="blocks.6.hook_resid_pre")
+    own = cache["blocks.6.hook_resid_pre"][0, -1]
+    cos = last_token_cosines(model, ["Hi", "Tell me a joke"], own, layer=6)
+    assert cos[0] == pytest.approx(1.0, abs=1e-4), "a prompt's own activation has cosine 1"
+    assert cos[1] < 0.999
+    assert last_token_cosines(model, ["Hi"], -own, layer=6)[0] == pytest.approx(-1.0, abs=1e-4)
 
 
 @pytest.mark.slow

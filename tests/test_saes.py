@@ -28,8 +28,8 @@ def test_architectures_and_kissane_flags():
     assert sae.cfg.normalize_activations == "expected_average_only_in"
     for arch in ("topk", "batchtopk", "jumprelu"):
         assert training_sae(SAEConfig(architecture=arch, d_sae=32, k=4), 16, HOOK, "m", 8).cfg.architecture() == arch
-    with pytest.raises(ValueError, match="valid: standard"):
-        training_sae(SAEConfig(architecture="gated-ish"), 16, HOOK, "m", 8)
+    with pytest.raises(ValueError, match="architecture='gated-ish'.*standard"):
+        SAEConfig(architecture="gated-ish")
 
 
 @pytest.mark.slow
@@ -93,3 +93,27 @@ def test_train_matched_trains_topk_once(tiny_cache):
                      context_size=32)
     saes, _, _, log = train_matched({"a": tiny_cache}, {"a": acts}, topk, target_l0=40, max_rounds=3)
     assert len(log) == 1 and log[0]["l0"] <= 4 + 1e-6
+
+
+def test_train_matched_keeps_the_round_closest_to_the_target(monkeypatch):
+    """Round 2 overshoots (L0 45 -> 20 for target 40): the round-1 SAE and coefficient are kept."""
+    from helpers import saes as saes_module
+
+    l0s = iter([45.0, 20.0])
+    monkeypatch.setattr(saes_module, "train_sae", lambda cache, cfg, seed=0: (f"sae@{cfg.l1_coefficient}", [], 0.1))
+    monkeypatch.setattr(saes_module, "reconstruction_stats",
+                        lambda sae, acts: saes_module.ReconstructionStats(next(l0s), 0.8, 0.1, 0.0, 10))
+    saes, _, l1, log = train_matched({"a": None}, {"a": None}, TINY, target_l0=40, tolerance=0.15, max_rounds=2)
+    assert [row["l0"] for row in log] == [45.0, 20.0]
+    assert l1["a"] == TINY.l1_coefficient and saes["a"] == f"sae@{TINY.l1_coefficient}"
+    assert [row["kept"] for row in log] == [True, False]
+
+
+def test_split_heldout_cuts_at_a_window_boundary():
+    from helpers.activations import split_heldout
+
+    positions = torch.tensor([1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 2])
+    data = {"positions": positions, "activations": torch.arange(11.0)[:, None]}
+    tune, report = split_heldout(data)
+    assert tune["positions"].tolist() == [1, 2, 3, 1, 2, 3] and report["positions"].tolist() == [1, 2, 3, 1, 2]
+    assert torch.equal(torch.cat([tune["activations"], report["activations"]]), data["activations"])
