@@ -1,7 +1,7 @@
 """Baseline (no intervention) substring refusal rate on instruction files or our own splits.
 
-Run: `python scripts/baseline_refusal.py --harmful ../shared/data/instructions/harmful_val.json \
-      --harmless ../shared/data/instructions/harmless_val.json --n-harmless 64`
+Run: `python scripts/baseline_refusal.py --harmful harmbench_val.json --harmless alpaca_val.json --n-harmless 64`
+with any local JSON files `[{"instruction", "category"}]` (e.g. HarmBench's and Alpaca's validation splits).
 Without paths it uses our own val splits. Writes runs/<preset>/baseline_refusal.json.
 """
 

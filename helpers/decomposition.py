@@ -1,0 +1,368 @@
+"""The refusal direction in an SAE's latents (Kissane et al. 2024): faithfulness, sparsity, refusal latents.
+
+Everything here works on activations in the model's own units: sae_lens folds the activation-norm
+scaling into the saved weights, so `sae.decode(sae.encode(x))` on raw activations is the
+reconstruction. Decoder rows of a standard SAE are not unit norm; every cosine or regression
+against a direction uses unit-normalised rows (`unit_decoder`).
+
+- `prompt_activations`: residual activations of chat-formatted prompts at one layer, every token.
+- `faithfulness`: cosine and relative MSE of the reconstructed difference of means against the true
+  one, with paired bootstrap intervals over prompts (`bootstrap_faithfulness`).
+- `null_faithfulness`: the same for differences between random halves of one side (a control that
+  separates "refusal" from "chat format").
+- `sparsity_curve`: relative MSE of the best least-squares fit of r with k decoder rows, for the top-k
+  latents by |Δ activation| and by orthogonal matching pursuit (`omp`).
+- `latent_table`, `latent_dashboard_html`: the refusal latents and what they respond to.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from helpers.models import LoadedModel
+
+PAPER = {  # Kissane et al. (2024), Qwen1.5-0.5B-Chat, blocks.13.hook_resid_pre, 32,768 latents
+    "cosine": {"chat": 0.849, "webtext": 0.596, "base_model_chat": 0.735},
+    "max_decoder_cosine": {"chat": 0.678, "webtext": 0.411},
+}
+
+
+@dataclass
+class PromptActivations:
+    """Residual activations of each prompt (no padding): `acts[i]` is `[T_i, d_model]`, `tokens[i]` `[T_i]`."""
+
+    instructions: list[str]
+    tokens: list[Tensor]
+    acts: list[Tensor]
+
+    def at(self, position: int) -> Tensor:
+        """`[n_prompts, d_model]` at one position (negative: from the end, e.g. -1 = last template token)."""
+        return torch.stack([a[position] for a in self.acts])
+
+
+@torch.no_grad()
+def prompt_activations(model: LoadedModel, instructions: list[str], hook_name: str,
+                       desc: str = "prompt activations") -> PromptActivations:
+    """`hook_name` (`blocks.L.hook_resid_pre`) at every token of each chat-formatted prompt, one prompt per
+    pass (no padding, so nothing depends on how a batch is padded)."""
+    from helpers.activations import hook_layer
+    from helpers.instructions import check_instructions
+
+    instructions = check_instructions(instructions)
+    layer = hook_layer(hook_name, model.n_layers, model.name)
+    tokens, acts = [], []
+    for text in tqdm(instructions, desc=desc, unit="prompt", leave=False):
+        ids = model.tokenize_instructions([text])["input_ids"].to(model.device)
+        acts.append(model.tl(ids, stop_at_layer=layer)[0].float().cpu())
+        tokens.append(ids[0].cpu())
+    return PromptActivations(instructions, tokens, acts)
+
+
+def unit_decoder(sae) -> Tensor:
+    """Decoder rows `[d_sae, d_model]` scaled to unit norm (dead all-zero rows stay zero)."""
+    w = sae.W_dec.detach().float().cpu()
+    return w / w.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+@torch.no_grad()
+def encode(sae, x: Tensor, batch_size: int = 4096) -> Tensor:
+    """Latent activations `[n, d_sae]` of raw activations `x` `[n, d_model]`."""
+    return torch.cat([sae.encode(x[b:b + batch_size].float()).float().cpu() for b in range(0, len(x), batch_size)])
+
+
+@torch.no_grad()
+def reconstruct(sae, x: Tensor, batch_size: int = 4096) -> Tensor:
+    """`decode(encode(x))` in the model's units, `[n, d_model]`."""
+    return torch.cat([sae.decode(sae.encode(x[b:b + batch_size].float())).float().cpu()
+                      for b in range(0, len(x), batch_size)])
+
+
+def cosine(a: Tensor, b: Tensor) -> float:
+    return torch.nn.functional.cosine_similarity(a.double().flatten(), b.double().flatten(), dim=0).item()
+
+
+def relative_mse(estimate: Tensor, target: Tensor) -> float:
+    """||estimate - target||² / ||target||²."""
+    return ((estimate.double() - target.double()).pow(2).sum() / target.double().pow(2).sum()).item()
+
+
+def explained_variance(x: Tensor, x_hat: Tensor) -> float:
+    """1 - SSE / total variance of the centred activations."""
+    x, x_hat = x.double(), x_hat.double()
+    return 1 - ((x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum()).item()
+
+
+def faithfulness(harmful: Tensor, harmless: Tensor, harmful_hat: Tensor, harmless_hat: Tensor) -> dict[str, float]:
+    """Cosine and relative MSE of the reconstructed difference of means against the true one."""
+    r = harmful.double().mean(0) - harmless.double().mean(0)
+    r_hat = harmful_hat.double().mean(0) - harmless_hat.double().mean(0)
+    return {"cosine": cosine(r_hat, r), "relative_mse": relative_mse(r_hat, r)}
+
+
+def percentile_interval(values: Tensor, level: float = 0.95) -> list[float]:
+    lo, hi = torch.quantile(values.double(), torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64))
+    return [lo.item(), hi.item()]
+
+
+def bootstrap_faithfulness(harmful: Tensor, harmless: Tensor, recon: dict[str, tuple[Tensor, Tensor]],
+                           n_resamples: int = 1000, seed: int = 0) -> dict:
+    """Point estimates and 95% percentile-bootstrap intervals over prompts (harmful and harmless resampled
+    independently, with replacement), paired: every SAE sees the same resample, so the differences between
+    SAEs get intervals of their own. `recon[name] = (harmful_hat, harmless_hat)`."""
+    g = torch.Generator().manual_seed(seed)
+    names = list(recon)
+    samples = {n: {"cosine": [], "relative_mse": []} for n in names}
+    for _ in range(n_resamples):
+        i = torch.randint(len(harmful), (len(harmful),), generator=g)
+        j = torch.randint(len(harmless), (len(harmless),), generator=g)
+        for n in names:
+            f = faithfulness(harmful[i], harmless[j], recon[n][0][i], recon[n][1][j])
+            for k, v in f.items():
+                samples[n][k].append(v)
+    out: dict = {"n_harmful": len(harmful), "n_harmless": len(harmless), "n_resamples": n_resamples, "saes": {},
+                 "differences": {}}
+    for n in names:
+        point = faithfulness(harmful, harmless, *recon[n])
+        out["saes"][n] = {k: {"estimate": point[k], "ci95": percentile_interval(torch.tensor(samples[n][k]))}
+                          for k in point}
+    for a in names:
+        for b in names:
+            if a < b:
+                out["differences"][f"{a} - {b}"] = {
+                    k: {"estimate": out["saes"][a][k]["estimate"] - out["saes"][b][k]["estimate"],
+                        "ci95": percentile_interval(torch.tensor(samples[a][k]) - torch.tensor(samples[b][k]))}
+                    for k in ("cosine", "relative_mse")}
+    return out
+
+
+def null_faithfulness(acts: Tensor, recon: dict[str, Tensor], n_splits: int = 20, seed: int = 0) -> dict:
+    """Faithfulness of each SAE for the difference of means between two random halves of `acts` (one side's
+    prompts): a direction that is about the prompts' format and content, not refusal. Mean and standard
+    deviation over `n_splits` random splits; `recon[name]` is the reconstruction of `acts`."""
+    g = torch.Generator().manual_seed(seed)
+    vals = {n: {"cosine": [], "relative_mse": []} for n in recon}
+    for _ in range(n_splits):
+        perm = torch.randperm(len(acts), generator=g)
+        a, b = perm[: len(acts) // 2], perm[len(acts) // 2:]
+        for n, rec in recon.items():
+            for k, v in faithfulness(acts[a], acts[b], rec[a], rec[b]).items():
+                vals[n][k].append(v)
+    return {n: {k: {"mean": float(torch.tensor(v).mean()), "sd": float(torch.tensor(v).std()), "n_splits": n_splits}
+                for k, v in d.items()} for n, d in vals.items()}
+
+
+def least_squares_relative_mse(atoms: Tensor, target: Tensor) -> float:
+    """Relative MSE of the exact least-squares fit Σ cᵢ atomᵢ ≈ target (`atoms` `[k, d]`): the optimum that
+    Kissane et al.'s Adam loop over coefficients approaches."""
+    if len(atoms) == 0:
+        return 1.0
+    a = atoms.double().T  # [d, k]
+    coef = torch.linalg.lstsq(a, target.double()[:, None]).solution
+    return relative_mse((a @ coef)[:, 0], target)
+
+
+def omp(decoder: Tensor, target: Tensor, k_max: int) -> tuple[list[int], list[float]]:
+    """Orthogonal matching pursuit over unit decoder rows: at each step add the row most correlated with the
+    residual and refit all chosen rows by least squares. Returns the chosen latents in order and the relative
+    MSE after each step (a greedy estimate of the best that k latents can do)."""
+    d = decoder.double()
+    t = target.double()
+    chosen: list[int] = []
+    errors: list[float] = []
+    residual = t.clone()
+    for _ in range(min(k_max, len(d))):
+        scores = (d @ residual).abs()
+        if chosen:
+            scores[chosen] = -1
+        chosen.append(int(scores.argmax()))
+        a = d[chosen].T
+        coef = torch.linalg.lstsq(a, t[:, None]).solution
+        residual = t - (a @ coef)[:, 0]
+        errors.append((residual.pow(2).sum() / t.pow(2).sum()).item())
+    return chosen, errors
+
+
+def delta_activation(f_harmful: Tensor, f_harmless: Tensor) -> Tensor:
+    """Mean latent activation on harmful minus harmless prompts, `[d_sae]`."""
+    return f_harmful.double().mean(0) - f_harmless.double().mean(0)
+
+
+def sparsity_curve(sae, target: Tensor, delta: Tensor, ks: list[int]) -> dict:
+    """Relative MSE of the least-squares fit of `target` with k unit decoder rows: the top-k latents by
+    |Δ activation|, and orthogonal matching pursuit (greedy over all rows)."""
+    dec = unit_decoder(sae)
+    order = delta.abs().argsort(descending=True)
+    by_delta = [least_squares_relative_mse(dec[order[:k]], target) for k in ks]
+    chosen, errors = omp(dec, target, max(ks))
+    return {"k": ks, "top_delta": by_delta, "omp": [errors[k - 1] for k in ks], "omp_latents": chosen[:16],
+            "top_delta_latents": order[:16].tolist()}
+
+
+def smallest_k(ks: list[int], errors: list[float], threshold: float) -> int | None:
+    """The first k whose relative MSE is at most `threshold` (None if none)."""
+    return next((k for k, e in zip(ks, errors) if e <= threshold), None)
+
+
+def firing_frequency(f: Tensor) -> Tensor:
+    """Share of rows on which each latent is active, `[d_sae]`."""
+    return (f > 0).double().mean(0)
+
+
+@torch.no_grad()
+def heldout_frequency(sae, acts: Tensor, batch_size: int = 4096) -> Tensor:
+    """Firing frequency of every latent on cached activations (without holding all latents in memory)."""
+    fired = torch.zeros(sae.cfg.d_sae, dtype=torch.float64)
+    for b in range(0, len(acts), batch_size):
+        fired += (sae.encode(acts[b:b + batch_size].float()) > 0).double().sum(0).cpu()
+    return fired / len(acts)
+
+
+def latent_table(sae, r: Tensor, delta: Tensor, freqs: dict[str, Tensor], by: str, top: int = 10) -> list[dict]:
+    """The top latents by decoder cosine with r (`by="cosine"`) or by |Δ activation| (`by="delta"`), each with
+    its cosine, Δ activation and firing frequencies."""
+    cos = unit_decoder(sae).double() @ (r.double() / r.double().norm())
+    key = cos if by == "cosine" else delta.abs()
+    if by not in ("cosine", "delta"):
+        raise ValueError(f"by must be 'cosine' or 'delta', got {by!r}.")
+    rows = []
+    for latent in key.argsort(descending=True)[:top].tolist():
+        rows.append({"latent": latent, "cosine": cos[latent].item(), "delta_activation": delta[latent].item(),
+                     **{f"freq_{k}": v[latent].item() for k, v in freqs.items()}})
+    return rows
+
+
+@torch.no_grad()
+def prompt_examples(sae, prompts: PromptActivations, tokenizer, latent: int, k: int = 5,
+                    skip_first: bool = True) -> list[dict]:
+    """The k prompt tokens where `latent` fires most, with the prompt text before the token."""
+    best = []
+    for i, (toks, acts) in enumerate(zip(prompts.tokens, prompts.acts)):
+        f = encode(sae, acts)[:, latent]
+        if skip_first:
+            f[0] = 0
+        t = int(f.argmax())
+        best.append((f[t].item(), i, t))
+    rows = []
+    for v, i, t in sorted(best, reverse=True)[:k]:
+        if v <= 0:
+            break
+        toks = prompts.tokens[i]
+        rows.append({"activation": v, "before": tokenizer.decode(toks[max(0, t - 24):t].tolist()),
+                     "token": tokenizer.decode([int(toks[t])]), "after": tokenizer.decode(toks[t + 1:t + 6].tolist())})
+    return rows
+
+
+def logit_effects(direction: Tensor, W_U: Tensor, tokenizer, k: int = 10) -> dict[str, list[str]]:
+    """Tokens a unit direction promotes and suppresses through the unembedding (no final norm: the direct
+    path, as in SAE dashboards)."""
+    logits = direction.float() @ W_U.float().cpu()
+    top, bottom = logits.topk(k).indices.tolist(), (-logits).topk(k).indices.tolist()
+    return {"promotes": [tokenizer.decode([t]) for t in top], "suppresses": [tokenizer.decode([t]) for t in bottom]}
+
+
+def _svg_histogram(values: Tensor, width: int = 360, height: int = 90, bins: int = 30) -> str:
+    v = values[values > 0].double()
+    if len(v) == 0:
+        return "<p>never fires</p>"
+    counts = torch.histc(v, bins=bins, min=0, max=v.max().item())
+    scale = height / max(counts.max().item(), 1)
+    bw = width / bins
+    bars = "".join(f'<rect x="{i * bw:.1f}" y="{height - c * scale:.1f}" width="{bw - 1:.1f}" '
+                   f'height="{c * scale:.1f}" fill="#4c78a8"><title>{int(c)}</title></rect>'
+                   for i, c in enumerate(counts.tolist()))
+    return (f'<svg width="{width}" height="{height + 14}" role="img"><g>{bars}</g>'
+            f'<text x="0" y="{height + 12}" font-size="10">0</text>'
+            f'<text x="{width - 40}" y="{height + 12}" font-size="10">{v.max().item():.1f}</text></svg>')
+
+
+def _rows_html(rows: list[dict]) -> str:
+    if not rows:
+        return "<p><i>no activation</i></p>"
+    items = "".join(f"<li><code>{r['activation']:.2f}</code> {html.escape(r['before'])}<mark><b>"
+                    f"{html.escape(r['token'])}</b></mark>{html.escape(r.get('after', ''))}</li>" for r in rows)
+    return f"<ul>{items}</ul>"
+
+
+def latent_dashboard_html(title: str, latents: list[dict]) -> str:
+    """One self-contained page (no scripts, no network) in the spirit of SAEDashboard. Each entry of `latents`:
+    latent, cosine, delta_activation, frequencies, examples {source: rows}, histogram (activations),
+    promotes, suppresses."""
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
+             "body{font-family:sans-serif;max-width:1100px;margin:auto}section{border:1px solid #ccc;padding:8px;"
+             "margin:12px 0}mark{background:#ffd54f}li{font-family:monospace;white-space:pre-wrap;margin:2px 0}"
+             ".cols{display:flex;gap:16px;flex-wrap:wrap}.cols>div{flex:1;min-width:320px}</style></head><body>",
+             f"<h1>{html.escape(title)}</h1>"]
+    for e in latents:
+        freqs = ", ".join(f"{k}: {v:.2%}" for k, v in e["frequencies"].items())
+        parts.append(f"<section><h2>latent {e['latent']}</h2><p>cosine with r: <b>{e['cosine']:.3f}</b>; "
+                     f"Δ activation (harmful − harmless): {e['delta_activation']:.3f}; firing frequency: {freqs}</p>")
+        parts.append(f"<p>promotes: <code>{html.escape(' | '.join(e['promotes']))}</code><br>suppresses: "
+                     f"<code>{html.escape(' | '.join(e['suppresses']))}</code></p>")
+        parts.append(f"<p>activation histogram (held-out tokens where it fires):</p>{_svg_histogram(e['histogram'])}")
+        parts.append("<div class='cols'>" + "".join(f"<div><h3>{html.escape(src)}</h3>{_rows_html(rows)}</div>"
+                                                   for src, rows in e["examples"].items()) + "</div></section>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+
+
+def load_direction(run_dir) -> tuple[Tensor, dict, Tensor]:
+    """Notebook 03's selected direction, its metadata and the candidate `mean_diffs` (a clear error names
+    notebook 03 when they are missing)."""
+    import json
+    from pathlib import Path
+
+    folder = Path(run_dir) / "refusal_direction"
+    files = [folder / "direction.pt", folder / "direction.json", folder / "mean_diffs.pt"]
+    missing = [str(f) for f in files if not f.exists()]
+    if missing:
+        raise FileNotFoundError(f"Missing {missing}: run notebook 03 (03_refusal_direction) for this preset first.")
+    return torch.load(files[0]), json.loads(files[1].read_text()), torch.load(files[2])
+
+
+def sae_folders(run_dir, names: list[str] | None = None) -> dict:
+    """The saved SAE folders `runs/<preset>/saes/<name>/` (all of them, or `names`), by name."""
+    from pathlib import Path
+
+    root = Path(run_dir) / "saes"
+    found = {p.name: p for p in sorted(root.glob("*")) if (p / "cfg.json").exists()} if root.is_dir() else {}
+    if not found:
+        raise FileNotFoundError(f"No SAEs under {root}: run notebook 02 (02_train_saes) for this preset first.")
+    if names is None:
+        return found
+    unknown = [n for n in names if n not in found]
+    if unknown:
+        raise FileNotFoundError(f"No SAE named {unknown} under {root}; there are {sorted(found)}.")
+    return {n: found[n] for n in names}
+
+
+@torch.no_grad()
+def outlier_tokens(model: LoadedModel, windows: list[list[int]], hook_name: str, factor: float,
+                   batch_size: int = 8) -> dict:
+    """Which tokens notebook 01's outlier filter (norm > factor x the batch median, first position aside) drops
+    on these windows: counts by token, the share dropped, and the median norm."""
+    from collections import Counter
+
+    from helpers.activations import hook_layer
+
+    layer = hook_layer(hook_name, model.n_layers, model.name)
+    dropped: Counter = Counter()
+    kept_total, medians = 0, []
+    for b in range(0, len(windows), batch_size):
+        ids = torch.tensor(windows[b:b + batch_size], device=model.device)
+        norms = model.tl(ids, stop_at_layer=layer).norm(dim=-1)
+        keep = torch.ones_like(norms, dtype=torch.bool)
+        keep[:, 0] = False
+        median = norms[keep].median()
+        medians.append(median.item())
+        out = keep & (norms > factor * median)
+        kept_total += int(keep.sum())
+        dropped.update(model.tokenizer.convert_ids_to_tokens(ids[out].tolist()))
+    return {"dropped": dict(dropped.most_common()), "share": sum(dropped.values()) / max(kept_total, 1),
+            "median_norm": sum(medians) / len(medians)}

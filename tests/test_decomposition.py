@@ -1,0 +1,125 @@
+"""Notebook 04's arithmetic on synthetic SAEs, where the right answer is known."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from helpers import decomposition as dec
+from helpers.config import SAEConfig
+
+
+class LinearSAE:
+    """encode = ReLU(x W_enc), decode = f W_dec: a stand-in with the attributes the helpers read."""
+
+    def __init__(self, W_dec: torch.Tensor, W_enc: torch.Tensor | None = None):
+        self.W_dec = W_dec
+        self.W_enc = W_dec.T if W_enc is None else W_enc
+        self.cfg = SimpleNamespace(d_sae=W_dec.shape[0])
+
+    def encode(self, x):
+        return torch.relu(x @ self.W_enc)
+
+    def decode(self, f):
+        return f @ self.W_dec
+
+
+def identity_sae(d: int) -> LinearSAE:
+    """Latents = the positive and negative parts of each coordinate: decode(encode(x)) == x exactly."""
+    eye = torch.eye(d)
+    return LinearSAE(torch.cat([eye, -eye]), torch.cat([eye, -eye], dim=0).T)
+
+
+def test_exact_reconstruction_gives_cosine_1_and_relative_mse_0():
+    torch.manual_seed(0)
+    h, hl = torch.randn(30, 8) + 1, torch.randn(30, 8)
+    sae = identity_sae(8)
+    assert torch.allclose(dec.reconstruct(sae, h), h, atol=1e-6)
+    f = dec.faithfulness(h, hl, dec.reconstruct(sae, h), dec.reconstruct(sae, hl))
+    assert f["cosine"] == pytest.approx(1.0, abs=1e-9) and f["relative_mse"] == pytest.approx(0.0, abs=1e-9)
+    lossy = LinearSAE(torch.randn(4, 8))  # can span at most 4 of 8 dimensions
+    g = dec.faithfulness(h, hl, dec.reconstruct(lossy, h), dec.reconstruct(lossy, hl))
+    assert g["cosine"] < 0.99 and g["relative_mse"] > 0.01
+
+
+def test_least_squares_with_r_in_the_decoder_is_exact_at_k_1():
+    torch.manual_seed(1)
+    r = torch.randn(16)
+    W_dec = torch.randn(40, 16) * 3  # rows not unit norm, as in a standard SAE
+    W_dec[17] = 2.5 * r
+    sae = LinearSAE(W_dec)
+    delta = torch.zeros(40)
+    delta[17], delta[3] = 5.0, 1.0
+    curve = dec.sparsity_curve(sae, r, delta, [1, 2, 4])
+    assert curve["top_delta"][0] == pytest.approx(0.0, abs=1e-12)
+    assert curve["omp"][0] == pytest.approx(0.0, abs=1e-12) and curve["omp_latents"][0] == 17
+    # a decoder without r: k = 1 leaves error, more atoms never fit worse
+    W_dec[17] = torch.randn(16)
+    curve = dec.sparsity_curve(LinearSAE(W_dec), r, delta, [1, 2, 4, 8, 16])
+    assert curve["top_delta"][0] > 0.05
+    assert all(b <= a + 1e-12 for a, b in zip(curve["omp"], curve["omp"][1:]))
+    assert curve["omp"][-1] == pytest.approx(0.0, abs=1e-9), "16 generic rows span R^16"
+    assert dec.smallest_k([1, 2, 4], [0.9, 0.4, 0.1], 0.5) == 2 and dec.smallest_k([1], [0.9], 0.5) is None
+
+
+def test_max_cosine_uses_unit_decoder_rows():
+    r = torch.tensor([1.0, 0.0, 0.0])
+    W_dec = torch.tensor([[10.0, 10.0, 0.0], [0.1, 0.0, 0.0], [0.0, 5.0, 0.0]])  # row 1 is r's direction, tiny
+    rows = dec.latent_table(LinearSAE(W_dec), r, torch.tensor([0.0, 1.0, 3.0]), {}, by="cosine", top=3)
+    assert rows[0]["latent"] == 1 and rows[0]["cosine"] == pytest.approx(1.0)
+    assert dec.latent_table(LinearSAE(W_dec), r, torch.tensor([0.0, 1.0, 3.0]), {}, by="delta", top=1)[0]["latent"] == 2
+
+
+def test_bootstrap_interval_contains_the_estimate_and_narrows_with_n():
+    torch.manual_seed(2)
+    lossy = LinearSAE(torch.randn(6, 8))
+
+    def width(n):
+        h, hl = torch.randn(n, 8) + 0.5, torch.randn(n, 8)
+        recon = {"a": (dec.reconstruct(lossy, h), dec.reconstruct(lossy, hl)),
+                 "b": (dec.reconstruct(identity_sae(8), h), dec.reconstruct(identity_sae(8), hl))}
+        out = dec.bootstrap_faithfulness(h, hl, recon, n_resamples=300, seed=0)
+        est = out["saes"]["a"]["cosine"]
+        assert est["ci95"][0] <= est["estimate"] <= est["ci95"][1]
+        diff = out["differences"]["a - b"]["cosine"]
+        assert diff["estimate"] == pytest.approx(est["estimate"] - 1.0)
+        return est["ci95"][1] - est["ci95"][0]
+
+    assert width(400) < width(25)
+
+
+def test_null_control_on_an_exact_sae_is_perfect():
+    torch.manual_seed(3)
+    x = torch.randn(40, 8)
+    out = dec.null_faithfulness(x, {"exact": dec.reconstruct(identity_sae(8), x)}, n_splits=20)
+    assert out["exact"]["cosine"]["mean"] == pytest.approx(1.0, abs=1e-9)
+    assert out["exact"]["cosine"]["n_splits"] == 20
+
+
+def test_reloaded_sae_reconstructs_raw_activations_in_model_units(tmp_path):
+    """sae_lens folds the activation scaling into saved weights: decode(encode(x)) of the reloaded SAE on raw
+    activations (norm ~100 here) is the reconstruction, and equals what the evaluation (reconstruction_stats) sees."""
+    from helpers.saes import load_sae, reconstruction_stats, save_sae, train_sae
+
+    torch.manual_seed(4)
+    basis = torch.randn(24, 16)
+    data = torch.relu(torch.randn(8192, 24)) @ basis * 20  # sparse-ish, large norms
+
+    def provider(batch_size, seed=0):
+        while True:
+            for b in range(0, len(data) - batch_size + 1, batch_size):
+                yield data[b:b + batch_size]
+
+    cache = SimpleNamespace(manifest=SimpleNamespace(d_model=16, hook_name="blocks.1.hook_resid_pre", model="toy",
+                                                     context_size=8), data_provider=provider)
+    cfg = SAEConfig(d_sae=48, l1_coefficient=0.5, lr=3e-3, training_tokens=16384, train_batch_size_tokens=256,
+                    context_size=8)
+    sae, _, _ = train_sae(cache, cfg)
+    loaded = load_sae(save_sae(sae, tmp_path / "toy"))
+    x = data[:1024]
+    x_hat = dec.reconstruct(loaded, x)
+    assert x_hat.norm(dim=-1).mean() == pytest.approx(x.norm(dim=-1).mean().item(), rel=0.3), "model units"
+    mse = (x - x_hat).pow(2).mean().item()
+    assert mse == pytest.approx(reconstruction_stats(loaded, x).mse, rel=1e-5)
+    assert dec.explained_variance(x, x_hat) == pytest.approx(reconstruction_stats(loaded, x).explained_variance, abs=1e-6)
+    assert dec.explained_variance(x, x_hat) > 0.5
