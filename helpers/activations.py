@@ -154,6 +154,18 @@ def cache_activations(model: LoadedModel, corpus: str, folder: Path, hook_name: 
     """
     folder = Path(folder)
     layer = hook_layer(hook_name, model.n_layers, model.name)
+    for arg, value, least in (("n_tokens", n_tokens, 1), ("context_size", context_size, 2),
+                              ("batch_windows", batch_windows, 1), ("shard_tokens", shard_tokens, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"cache_activations: {arg} must be an integer >= {least}, got {value!r}.")
+    if drop_first and context_size < 3:
+        raise ValueError(f"cache_activations: context_size={context_size} keeps no token once the first is dropped "
+                         "and the separator opens each window; use context_size >= 3.")
+    if outlier_factor is not None and (not isinstance(outlier_factor, (int, float)) or outlier_factor <= 1):
+        raise ValueError(f"cache_activations: outlier_factor must be None or a number > 1 (a multiple of the median "
+                         f"norm; 10 drops only massive activations), got {outlier_factor!r}.")
+    if dtype not in ("float16", "bfloat16", "float32"):
+        raise ValueError(f"cache_activations: dtype must be float16, bfloat16 or float32, got {dtype!r}.")
     want = Manifest(model=model.name, hook_name=hook_name, corpus=corpus, split=split, source=source,
                     d_model=model.d_model, context_size=context_size, dtype=dtype, target_tokens=n_tokens,
                     batch_windows=batch_windows, drop_first=drop_first, outlier_factor=outlier_factor,
@@ -245,6 +257,8 @@ class ActivationCache:
         self.folder = Path(folder)
         self.manifest = read_manifest(self.folder)
         m = self.manifest
+        if not m.shards or m.tokens <= 0:
+            raise CacheError(f"The cache at {self.folder} holds no tokens. Delete it and rerun notebook 01.")
         if not m.complete:
             raise CacheError(f"The cache at {self.folder} is incomplete ({m.tokens:,} of {m.target_tokens:,} tokens): "
                              "rerun the caching step; it resumes where it stopped.")
@@ -280,7 +294,19 @@ class ActivationCache:
         return {k: torch.cat(v)[:max_tokens] for k, v in parts.items()}
 
     def data_provider(self, batch_size: int, seed: int = 0, mix_shards: int = 4) -> Iterator[torch.Tensor]:
-        """Endless shuffled `[batch_size, d_model]` float32 batches, mixing `mix_shards` shards at a time."""
+        """Endless shuffled `[batch_size, d_model]` float32 batches, mixing `mix_shards` shards at a time.
+        A batch larger than what `mix_shards` shards hold (or than the cache) is an error, not an endless loop."""
+        n_shards = len(self.manifest.shards)
+        smallest = sum(sorted(s["tokens"] for s in self.manifest.shards)[:mix_shards]) if n_shards else 0
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        if batch_size > smallest:
+            raise CacheError(f"The cache at {self.folder} holds {self.n_tokens:,} tokens in {n_shards} shards; a batch "
+                             f"of {batch_size:,} does not fit in {mix_shards} shards ({smallest:,} tokens). Use a "
+                             "smaller train_batch_size_tokens or cache more tokens.")
+        return self._batches(batch_size, seed, mix_shards)
+
+    def _batches(self, batch_size: int, seed: int, mix_shards: int) -> Iterator[torch.Tensor]:
         rng = torch.Generator().manual_seed(seed)
         n_shards = len(self.manifest.shards)
         while True:

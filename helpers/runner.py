@@ -54,9 +54,15 @@ def run_notebooks(preset: str, only: list[str] | None = None, folder: Path = NOT
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="offline", help=f"one of {sorted(PRESETS)}")
-    ap.add_argument("--only", nargs="*", help="notebook numbers to run, e.g. 00 03")
+    ap.add_argument("--only", nargs="+", metavar="NN", help="notebook numbers to run, e.g. 00 03")
     args = ap.parse_args(argv)
-    get_config(args.preset)  # fails early, listing valid presets
+    if args.preset not in PRESETS:
+        ap.exit(2, f"runner: unknown preset {args.preset!r}; valid presets: {sorted(PRESETS)}\n")
+    if args.only:
+        known = {p.name[:2] for p in numbered_notebooks()}
+        unknown = sorted(set(args.only) - known)
+        if unknown:
+            ap.exit(2, f"runner: no notebook numbered {unknown}; the notebooks are {sorted(known)}\n")
     timings = run_notebooks(args.preset, args.only)
     print("total", f"{sum(t['seconds'] for t in timings.values()):.0f} s", file=sys.stderr)
 

@@ -116,6 +116,10 @@ def load_sae(source: str | Path, model: LoadedModel | None = None, hook_name: st
     from sae_lens import SAE
 
     path = Path(source)
+    looks_like_path = isinstance(source, Path) or str(source).startswith((".", "/", "~")) or "runs/" in str(source)
+    if not path.is_dir() and looks_like_path:
+        raise FileNotFoundError(f"No such SAE folder: {path}. Saved SAEs live in runs/<preset>/saes/<name>/ "
+                                "(notebook 02 writes them); for a pretrained release pass its name and sae_id=.")
     if path.is_dir():
         if not (path / "cfg.json").exists():
             raise FileNotFoundError(f"{path} holds no sae_lens SAE (no cfg.json). Train one with notebook 02 first.")
