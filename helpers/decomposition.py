@@ -238,13 +238,17 @@ def latent_table(sae, r: Tensor, delta: Tensor, freqs: dict[str, Tensor], by: st
 
 @torch.no_grad()
 def prompt_examples(sae, prompts: PromptActivations, tokenizer, latent: int, k: int = 5,
-                    skip_first: bool = True) -> list[dict]:
-    """The k prompt tokens where `latent` fires most, with the prompt text before the token."""
+                    outlier_factor: float | None = 10.0) -> list[dict]:
+    """The k prompt tokens where `latent` fires most, with the prompt text around the token. Like the SAE's
+    training data, the first token and tokens with norm > `outlier_factor` x the prompt's median norm (massive
+    activations, e.g. the first token of the system turn) are left out."""
     best = []
     for i, (toks, acts) in enumerate(zip(prompts.tokens, prompts.acts)):
         f = encode(sae, acts)[:, latent]
-        if skip_first:
-            f[0] = 0
+        f[0] = 0
+        if outlier_factor is not None:
+            norms = acts.norm(dim=-1)
+            f[norms > outlier_factor * norms[1:].median()] = 0
         t = int(f.argmax())
         best.append((f[t].item(), i, t))
     rows = []
