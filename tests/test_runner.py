@@ -31,9 +31,10 @@ def test_runs_numbered_notebooks_in_order_with_the_preset(tmp_path, monkeypatch)
     assert set(saved) == set(timings) == {"01_a.ipynb", "02_b.ipynb"}
 
 
-def test_unknown_preset_fails_early():
-    with pytest.raises(ValueError, match="valid presets"):
+def test_unknown_preset_fails_early(capsys):
+    with pytest.raises(SystemExit) as exit_:
         main(["--preset", "huge"])
+    assert exit_.value.code == 2 and "valid presets" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("path", numbered_notebooks(), ids=lambda p: p.name)
