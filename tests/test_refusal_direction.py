@@ -134,7 +134,11 @@ def test_cross_entropy_and_cosines(model):
     own = cache["blocks.6.hook_resid_pre"][0, -1]
     cos = last_token_cosines(model, ["Hi", "Tell me a joke"], own, layer=6)
     assert cos[0] == pytest.approx(1.0, abs=1e-4), "a prompt's own activation has cosine 1"
-    assert cos[1] < 0.999
+    assert len(cos) == 2
+    torch.manual_seed(5)
+    orthogonal = torch.randn(model.d_model)
+    orthogonal -= (orthogonal @ own) / (own @ own) * own
+    assert last_token_cosines(model, ["Hi"], orthogonal, layer=6)[0] == pytest.approx(0.0, abs=1e-4)
     assert last_token_cosines(model, ["Hi"], -own, layer=6)[0] == pytest.approx(-1.0, abs=1e-4)
 
 
