@@ -318,6 +318,43 @@ class ActivationCache:
                     yield acts[perm[b:b + batch_size]]
 
 
+class MixedCache:
+    """Several complete caches of the same model and hook, mixed in equal shares: every batch takes
+    batch_size / n tokens from each (for an SAE trained on a 50/50 mixture of webtext and chat)."""
+
+    def __init__(self, caches: list[ActivationCache]):
+        if len(caches) < 2:
+            raise ValueError("MixedCache needs at least two caches.")
+        first = caches[0].manifest
+        for c in caches[1:]:
+            m = c.manifest
+            if (m.model, m.hook_name, m.d_model) != (first.model, first.hook_name, first.d_model):
+                raise CacheError(f"Cannot mix {c.folder} ({m.model}, {m.hook_name}) with {caches[0].folder} "
+                                 f"({first.model}, {first.hook_name}).")
+        self.caches = caches
+        self.manifest = first
+        self.folder = [c.folder for c in caches]
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(c.n_tokens for c in self.caches)
+
+    def data_provider(self, batch_size: int, seed: int = 0, mix_shards: int = 4) -> Iterator[torch.Tensor]:
+        n = len(self.caches)
+        if batch_size % n:
+            raise ValueError(f"batch_size {batch_size} must be divisible by the number of mixed caches ({n}).")
+        providers = [c.data_provider(batch_size // n, seed=seed + i, mix_shards=mix_shards)
+                     for i, c in enumerate(self.caches)]
+        return self._mixed(providers, seed)
+
+    @staticmethod
+    def _mixed(providers: list, seed: int) -> Iterator[torch.Tensor]:
+        rng = torch.Generator().manual_seed(seed)
+        while True:
+            batch = torch.cat([next(p) for p in providers])
+            yield batch[torch.randperm(len(batch), generator=rng)]
+
+
 def split_heldout(data: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Cut `ActivationCache.load_all()` output into two halves at a window boundary: the first to tune on
     (e.g. the L1 coefficient), the second to report on, so reported numbers never saw the tuning."""

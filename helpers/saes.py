@@ -297,3 +297,40 @@ def train_matched(caches: dict[str, ActivationCache], heldout: dict[str, Tensor]
                 s = (y1 - y0) / (x1 - x0)
             l1[c] = math.exp(x1 + (math.log(target_l0) - y1) / min(s, -0.1))  # guard: flat or inverted
     return saes, histories, {c: best[c][1] for c in caches}, log
+
+
+def training_key(sae_cfg: SAEConfig, cache, target_l0: float, tolerance: float, max_rounds: int, seed: int) -> dict:
+    """What decides a trained SAE: its configuration (the L1 coefficient as the search's start), the cache(s)
+    it reads (their folders encode the cache settings) and the L0 search. Equal keys: reuse the saved SAE."""
+    from dataclasses import asdict
+
+    folders = cache.folder if isinstance(cache.folder, list) else [cache.folder]
+    return {"sae_config": asdict(sae_cfg), "caches": [str(Path(f).resolve()) for f in folders],
+            "cache_tokens": cache.n_tokens, "target_l0": target_l0, "tolerance": tolerance, "max_rounds": max_rounds,
+            "seed": seed}
+
+
+def train_or_reuse(name: str, cache, heldout_tune: Tensor, sae_cfg: SAEConfig, folder: Path, target_l0: float,
+                   tolerance: float = 0.15, max_rounds: int = 3, seed: int = 0, force: bool = False) -> tuple[list, bool]:
+    """Train one SAE with the full-length L0 search (`train_matched`) and save it to `folder`, unless `folder`
+    already holds one trained with the same `training_key` (then nothing is trained). Returns (its log rows,
+    whether it was reused). `training.json`, which holds the key, is written last, so a run killed while saving
+    is retrained, not reused."""
+    from dataclasses import asdict, replace
+
+    folder = Path(folder)
+    key = training_key(sae_cfg, cache, target_l0, tolerance, max_rounds, seed)
+    record = folder / "training.json"
+    if not force and record.exists() and (folder / "sae_weights.safetensors").exists():
+        saved = json.loads(record.read_text())
+        if saved.get("key") == key:
+            return saved["log"], True
+    record.unlink(missing_ok=True)
+    saes, histories, l1, log = train_matched({name: cache}, {name: heldout_tune}, sae_cfg, target_l0,
+                                             tolerance=tolerance, max_rounds=max_rounds, seed=seed)
+    save_sae(saes[name], folder)
+    from helpers.files import atomic_write_json
+
+    atomic_write_json(record, {"name": name, "key": key, "log": log,
+                               "sae_config": asdict(replace(sae_cfg, l1_coefficient=l1[name])), **histories[name]})
+    return log, False

@@ -185,3 +185,21 @@ def test_generation_takes_lists_of_strings_and_checks_the_intervention(model):
         generate(model, ["Hi"], Intervention(add=torch.ones(1), add_layer=3), max_new_tokens=2)
     with pytest.raises(ValueError, match="max_new_tokens must be a positive integer"):
         generate(model, ["Hi"], max_new_tokens=0)
+
+
+def test_mixed_cache_takes_equal_shares(tmp_path):
+    from helpers.activations import MixedCache
+
+    a, b = ActivationCache(write_cache(tmp_path / "a")), ActivationCache(write_cache(tmp_path / "b"))
+    for i in range(2):  # mark each cache's activations: a = +100, b = -100
+        for cache, sign in ((a, 1), (b, -1)):
+            path = cache.folder / cache.manifest.shards[i]["file"]
+            n = cache.manifest.shards[i]["tokens"]
+            save_file({"activations": torch.full((n, 8), 100.0 * sign).half(), "token_ids": torch.zeros(n, dtype=torch.int32),
+                       "positions": torch.arange(n, dtype=torch.int32)}, str(path))
+    mixed = MixedCache([a, b])
+    assert mixed.n_tokens == 160 and mixed.manifest.d_model == 8
+    batch = next(mixed.data_provider(16))
+    assert batch.shape == (16, 8) and (batch[:, 0] > 0).sum() == 8
+    with pytest.raises(ValueError, match="divisible"):
+        mixed.data_provider(15)

@@ -117,3 +117,35 @@ def test_split_heldout_cuts_at_a_window_boundary():
     tune, report = split_heldout(data)
     assert tune["positions"].tolist() == [1, 2, 3, 1, 2, 3] and report["positions"].tolist() == [1, 2, 3, 1, 2]
     assert torch.equal(torch.cat([tune["activations"], report["activations"]]), data["activations"])
+
+
+def test_train_or_reuse_reuses_only_an_identically_trained_sae(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from helpers import saes as saes_module
+    from helpers.saes import train_or_reuse
+
+    calls = []
+
+    def fake_train_matched(caches, heldout, cfg, target, **kw):
+        calls.append(cfg.l1_coefficient)
+        sae = training_sae(cfg, d_in=8, hook_name=HOOK, model_name="m", context_size=8)
+        return {n: sae for n in caches}, {n: {"history": [], "seconds": 0.1} for n in caches}, \
+            {n: cfg.l1_coefficient * 2 for n in caches}, [{"corpus": n, "round": 1, "l0": 40.0} for n in caches]
+
+    monkeypatch.setattr(saes_module, "train_matched", fake_train_matched)
+    cache = SimpleNamespace(folder=tmp_path / "cache", n_tokens=1000)
+    small = SAEConfig(d_sae=16, l1_coefficient=5.0, lr=1e-3, training_tokens=1024, train_batch_size_tokens=256,
+                      context_size=8)
+    log, reused = train_or_reuse("a", cache, None, small, tmp_path / "sae", target_l0=40)
+    assert not reused and calls == [5.0] and (tmp_path / "sae" / "sae_weights.safetensors").exists()
+    log2, reused = train_or_reuse("a", cache, None, small, tmp_path / "sae", target_l0=40)
+    assert reused and log2 == log and calls == [5.0], "same key: nothing trained"
+    _, reused = train_or_reuse("a", cache, None, small, tmp_path / "sae", target_l0=30)
+    assert not reused and len(calls) == 2, "another target L0: retrained"
+    cache.n_tokens = 2000
+    _, reused = train_or_reuse("a", cache, None, small, tmp_path / "sae", target_l0=30)
+    assert not reused, "another cache content: retrained"
+    (tmp_path / "sae" / "sae_weights.safetensors").unlink()
+    _, reused = train_or_reuse("a", cache, None, small, tmp_path / "sae", target_l0=30)
+    assert not reused, "weights missing (a killed save): retrained"
