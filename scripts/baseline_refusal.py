@@ -26,8 +26,12 @@ def main() -> None:
     ap.add_argument("--n-harmful", type=int)
     ap.add_argument("--n-harmless", type=int)
     ap.add_argument("--max-new-tokens", type=int)
+    ap.add_argument("--system-prompt", choices=["preset", "none", "default"], default="preset",
+                    help="the chat template's system turn: the preset's choice, none, or the template's default")
     args = ap.parse_args()
     cfg = get_config(args.preset)
+    if args.system_prompt != "preset":
+        cfg = cfg.replace(system_prompt=None if args.system_prompt == "none" else "default")
     model = load_from_config(cfg)
     max_new = args.max_new_tokens or cfg.max_new_tokens
     report = {"model": model.name, "system_prompt": model.system_prompt, "max_new_tokens": max_new}
@@ -40,7 +44,7 @@ def main() -> None:
         report[side] = {"source": path or f"own {side} val split", **rate.to_dict(),
                         "seconds": time.perf_counter() - start}
         print(f"{side:9s} {rate}  ({report[side]['source']})", flush=True)
-    out = cfg.run_dir / "baseline_refusal.json"
+    out = cfg.run_dir / f"baseline_refusal_system_{args.system_prompt}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1))
 
