@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> None:
             ap.exit(2, f"runner: no notebook numbered {unknown}; the notebooks are {sorted(known)}\n")
     timings = run_notebooks(args.preset, args.only)
     print("total", f"{sum(t['seconds'] for t in timings.values()):.0f} s", file=sys.stderr)
+    from helpers.report import build_report
+
+    print(f"report: {build_report(args.preset)}")
 
 
 if __name__ == "__main__":

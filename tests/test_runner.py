@@ -51,3 +51,22 @@ def test_notebooks_are_clean_and_parameterised(path):
     assert all(ln.count("=") == 1 for ln in lines), "papermill cannot infer a parameter from a line with two '='"
     names = [p.name for p in PythonTranslator.inspect(params[0])]
     assert "PRESET" in names and len(names) == len(lines)
+
+
+def test_report_builds_from_nothing_and_says_not_run(tmp_path, monkeypatch):
+    from helpers.report import SECTIONS, build_report
+
+    monkeypatch.setenv("REFUSAL_RUNS_DIR", str(tmp_path))
+    page = build_report("smoke").read_text()
+    assert page.count("not run") >= len(SECTIONS) + 2  # every section, and the claims of unrun notebooks
+    assert page.count("<script>") == 1 and "plotly" in page.lower()
+    # a finished notebook 03 result fills its claims
+    (tmp_path / "smoke" / "refusal_direction").mkdir(parents=True)
+    rate = lambda r, n: {"rate": r, "ci95": [max(0, r - 0.1), min(1, r + 0.1)], "n": n}  # noqa: E731
+    (tmp_path / "smoke" / "refusal_direction" / "results.json").write_text(json.dumps({
+        "direction": {"layer": 14, "position": -4, "bypass_score": -2.0, "induce_score": 0.1, "kl_score": 0.05},
+        "refusal_rate": {"harmful · none": rate(0.55, 40), "harmful · ablation": rate(0.1, 40),
+                         "harmless · actadd": rate(0.8, 40)},
+        "orthogonalization_relative_difference": 6e-7}))
+    page = build_report("smoke").read_text()
+    assert "55.0% [45.0%, 65.0%] (n=40) → 10.0%" in page and "6.0e-07" in page

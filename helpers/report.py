@@ -1,0 +1,208 @@
+"""One self-contained page for a run: `runs/<preset>/report.html`, built only from the files the notebooks wrote.
+
+`python -m helpers.report --preset offline` rebuilds it in seconds without running anything. A notebook
+that has not run shows "not run". The page needs no network: plotly's JavaScript is included once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import time
+from pathlib import Path
+
+import plotly.graph_objects as go
+
+from helpers.config import PRESETS, get_config
+from helpers.files import atomic_write_text
+
+SECTIONS = [  # (notebook file, results folder, title)
+    ("00_meet_the_model.ipynb", "00_meet_the_model", "00 · Meet the model"),
+    ("01_cache_activations.ipynb", "cache_activations", "01 · Activation caches"),
+    ("02_train_saes.ipynb", "train_saes", "02 · Webtext and chat SAEs"),
+    ("03_refusal_direction.ipynb", "refusal_direction", "03 · The refusal direction (Arditi et al.)"),
+    ("04_decompose_refusal_direction.ipynb", "decompose_refusal_direction",
+     "04 · The refusal direction in SAE latents (Kissane et al.)"),
+]
+
+
+def _load(run_dir: Path, folder: str, name: str = "results.json") -> dict | None:
+    path = run_dir / folder / name
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _rate(d: dict) -> str:
+    lo, hi = d.get("ci95", [float("nan")] * 2)
+    return f"{d['rate']:.1%} [{lo:.1%}, {hi:.1%}] (n={d['n']})"
+
+
+def _ci(d: dict) -> str:
+    return f"{d['estimate']:.3f} [{d['ci95'][0]:.3f}, {d['ci95'][1]:.3f}]"
+
+
+def _table(rows: list[dict]) -> str:
+    if not rows:
+        return "<p><i>nothing to show</i></p>"
+    cols = list(rows[0])
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c)))}</td>" for c in cols) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "—" if v is None else str(v)
+
+
+def _figure(fig: go.Figure) -> str:
+    return fig.to_html(full_html=False, include_plotlyjs=False, default_height=380)
+
+
+def claims(run_dir: Path) -> list[dict]:
+    """Each claim of the papers, the paper's number, this run's number with its interval and n, and whether
+    it held here (None: not run)."""
+    rows = []
+    rd = _load(run_dir, "refusal_direction")
+    if rd:
+        rates = rd["refusal_rate"]
+        base, abl = rates["harmful · none"], rates["harmful · ablation"]
+        add = rates["harmless · actadd"]
+        rows += [
+            {"paper": "Arditi et al. 2024", "claim": "ablating r removes refusal on harmful prompts",
+             "paper's number": "refusal score ~0.9 → ~0.05 (Qwen chat)", "this run": f"{_rate(base)} → {_rate(abl)}",
+             "held": abl["ci95"][1] < base["ci95"][0] and abl["rate"] <= base["rate"] / 4},
+            {"paper": "Arditi et al. 2024", "claim": "adding r induces refusal on harmless prompts",
+             "paper's number": "most harmless prompts refused", "this run": _rate(add), "held": add["rate"] >= 0.5},
+            {"paper": "Arditi et al. 2024", "claim": "weight orthogonalization equals ablation",
+             "paper's number": "equivalent", "this run": f"relative logit difference "
+                                                         f"{rd['orthogonalization_relative_difference']:.1e}",
+             "held": rd["orthogonalization_relative_difference"] <= 1e-4},
+        ]
+    else:
+        rows.append({"paper": "Arditi et al. 2024", "claim": "refusal is mediated by one direction",
+                     "paper's number": "—", "this run": "not run", "held": None})
+    dc = _load(run_dir, "decompose_refusal_direction")
+    if dc and {"chat", "webtext"} <= set(dc["faithfulness"][dc["headline"]]["saes"]):
+        f = dc["faithfulness"][dc["headline"]]
+        diff = f["differences"].get("chat - webtext")
+        mc = dc["max_decoder_cosine"]
+        k = dc["smallest_k"]
+        rows += [
+            {"paper": "Kissane et al. 2024", "claim": "the chat SAE reconstructs r more faithfully (cosine)",
+             "paper's number": "0.849 vs 0.596", "this run": f"{_ci(f['saes']['chat']['cosine'])} vs "
+             f"{_ci(f['saes']['webtext']['cosine'])}; difference {_ci(diff['cosine'])} (n={f['n_harmful']}+{f['n_harmless']})",
+             "held": diff["cosine"]["ci95"][0] > 0},
+            {"paper": "Kissane et al. 2024", "claim": "the chat SAE's best latent is closer to r (max decoder cosine)",
+             "paper's number": "0.678 vs 0.411", "this run": f"{mc['chat']['cosine']:.3f} vs {mc['webtext']['cosine']:.3f}",
+             "held": mc["chat"]["cosine"] > mc["webtext"]["cosine"]},
+            {"paper": "Kissane et al. 2024", "claim": "the chat SAE reconstructs r more sparsely (k for relative MSE ≤ 0.5)",
+             "paper's number": "fewer latents for chat",
+             "this run": f"{k['chat'].get('k for rel. MSE ≤ 0.5 (top Δ)')} vs {k['webtext'].get('k for rel. MSE ≤ 0.5 (top Δ)')}",
+             "held": _fewer(k["chat"].get("k for rel. MSE ≤ 0.5 (top Δ)"), k["webtext"].get("k for rel. MSE ≤ 0.5 (top Δ)"))},
+        ]
+    else:
+        rows.append({"paper": "Kissane et al. 2024", "claim": "SAEs are dataset dependent", "paper's number": "—",
+                     "this run": "not run", "held": None})
+    rows.append({"paper": "Lee, Breck & Arditi 2025", "claim": "refusal gradients name prompt-specific upstream features",
+                 "paper's number": "—", "this run": "not run (notebook 06 not built yet)", "held": None})
+    return rows
+
+
+def _fewer(a, b) -> bool | None:
+    if a is None and b is None:
+        return None
+    return b is None or (a is not None and a < b)
+
+
+def _section_body(run_dir: Path, folder: str) -> str:
+    """The headline figures and tables of one notebook, from its results files."""
+    res = _load(run_dir, folder)
+    parts = []
+    if folder == "00_meet_the_model":
+        parts.append(_table([{"side": k, "refusal rate [95% CI]": _rate(v)} for k, v in res["refusal_rate"].items()]))
+    elif folder == "cache_activations":
+        parts.append(_table([{"cache": k, **v} for k, v in res["caches"].items()]))
+    elif folder == "train_saes":
+        rows = [{k: r.get(k) for k in ("SAE", "data", "l0", "explained_variance", "CE increase", "CE increase_se",
+                                       "CE loss_recovered", "dead_fraction")} for r in res["evaluation"]]
+        parts.append(_table(rows))
+    elif folder == "refusal_direction":
+        d = res["direction"]
+        parts.append(f"<p>chosen: layer {d['layer']}, position {d['position']}; bypass {d['bypass_score']:.2f} ± "
+                     f"{d.get('bypass_se', float('nan')):.2f}, induce {d['induce_score']:.3f} ± "
+                     f"{d.get('induce_se', float('nan')):.3f}, KL {d['kl_score']:.3f} ± {d.get('kl_se', float('nan')):.3f}</p>")
+        names = list(res["refusal_rate"])
+        vals = [res["refusal_rate"][k] for k in names]
+        fig = go.Figure(go.Bar(x=names, y=[100 * v["rate"] for v in vals], error_y=dict(
+            type="data", symmetric=False, array=[100 * (v["ci95"][1] - v["rate"]) for v in vals],
+            arrayminus=[100 * (v["rate"] - v["ci95"][0]) for v in vals])))
+        fig.update_layout(title="Refusal rate on held-out prompts (95% Wilson CI)", yaxis_title="%", yaxis_range=[0, 105])
+        parts.append(_figure(fig))
+        scores = _load(run_dir, folder, "selection_scores.json")
+        if scores:
+            fig = go.Figure()
+            for pos, row in zip(scores["positions"], scores["bypass"]):
+                fig.add_trace(go.Scatter(y=row, mode="lines+markers", name=f"pos {pos}"))
+            fig.update_layout(title="Bypass score by source layer", xaxis_title="layer", yaxis_title="refusal metric")
+            parts.append(_figure(fig))
+    elif folder == "decompose_refusal_direction":
+        f = res["faithfulness"][res["headline"]]
+        parts.append(_table([{"SAE": n, "cosine [95% CI]": _ci(v["cosine"]), "relative MSE [95% CI]": _ci(v["relative_mse"]),
+                              "max decoder cosine": res["max_decoder_cosine"][n]["cosine"],
+                              "latent": res["max_decoder_cosine"][n]["latent"]} for n, v in f["saes"].items()]))
+        fig = go.Figure()
+        for name, c in res["sparsity"].items():
+            fig.add_trace(go.Scatter(x=c["k"], y=c["top_delta"], mode="lines+markers", name=name))
+        fig.update_layout(title="Relative MSE of the least-squares fit of r with the top-k latents", xaxis_type="log",
+                          xaxis_title="k", yaxis_title="relative MSE", yaxis_range=[0, 1.05])
+        parts.append(_figure(fig))
+    return "\n".join(parts)
+
+
+def build_report(preset: str) -> Path:
+    """Write `runs/<preset>/report.html` from the run's results files and return its path."""
+    from plotly.offline import get_plotlyjs
+
+    cfg = get_config(preset)
+    run_dir = cfg.run_dir
+    timings = _load(run_dir, ".", "runner_timings.json") or {}
+    parts = [f"<h1>refusal-toolkit · {html.escape(preset)} run</h1>",
+             f"<p>model {html.escape(cfg.model)}; built {time.strftime('%Y-%m-%d %H:%M')} from the files in "
+             f"<code>{html.escape(str(run_dir))}</code>.</p>", "<h2>Claims</h2>",
+             _table([{**r, "held": {True: "yes", False: "no", None: "—"}[r["held"]]} for r in claims(run_dir)])]
+    for notebook, folder, title in SECTIONS:
+        executed = run_dir / "notebooks" / notebook
+        link = f' · <a href="notebooks/{notebook}">executed notebook</a>' if executed.exists() else ""
+        secs = timings.get(notebook, {}).get("seconds")
+        took = f" · {secs / 60:.1f} min" if secs else ""
+        parts.append(f"<h2>{html.escape(title)}</h2><p class='meta'>{notebook}{link}{took}</p>")
+        if _load(run_dir, folder) is None:
+            parts.append("<p class='notrun'>not run</p>")
+            continue
+        try:
+            parts.append(_section_body(run_dir, folder))
+        except (KeyError, TypeError, IndexError) as e:  # results from an older version of a notebook
+            parts.append(f"<p class='notrun'>results file in an older format ({html.escape(repr(e))}); rerun the notebook</p>")
+    page = ("<!doctype html><html><head><meta charset='utf-8'><title>refusal-toolkit report</title>"
+            f"<script>{get_plotlyjs()}</script><style>body{{font-family:sans-serif;max-width:1150px;margin:auto}}"
+            "table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}"
+            ".notrun{color:#888;font-style:italic}.meta{color:#555}</style></head><body>"
+            + "\n".join(parts) + "</body></html>")
+    return atomic_write_text(run_dir / "report.html", page)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="offline", help=f"one of {sorted(PRESETS)}")
+    args = ap.parse_args(argv)
+    if args.preset not in PRESETS:
+        ap.exit(2, f"report: unknown preset {args.preset!r}; valid presets: {sorted(PRESETS)}\n")
+    start = time.perf_counter()
+    path = build_report(args.preset)
+    print(f"wrote {path} in {time.perf_counter() - start:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
