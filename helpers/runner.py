@@ -1,23 +1,30 @@
-"""The main job: execute the numbered notebooks in order with papermill.
+"""The main job: execute the numbered notebooks in order with papermill, then write the report.
 
-`python -m helpers.runner --preset offline` writes executed copies to
-`runs/<preset>/notebooks/` and stops at the first failing notebook (its partly executed
-copy is kept there, so you can see where it failed).  `--only 03` runs a subset.
+`python -m helpers.runner --preset offline` writes executed copies to `runs/<preset>/notebooks/`,
+streams each notebook's own output (progress bars with rates) to the console, and stops at the first
+failing notebook (its partly executed copy is kept there, so you can see where it failed). A notebook
+whose inputs have not changed since it last finished (the notebook, the `helpers` code, the preset and
+the notebooks before it) is skipped; `--force` reruns everything. `--only 03` runs a subset.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import logging
 import re
 import resource
 import sys
 import time
+import uuid
 from pathlib import Path
 
 from helpers.config import PRESETS, get_config
+from helpers.files import atomic_write_json
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+HELPERS_DIR = Path(__file__).resolve().parent
 NUMBERED = re.compile(r"^\d\d_.*\.ipynb$")
 
 
@@ -26,35 +33,91 @@ def numbered_notebooks(folder: Path = NOTEBOOK_DIR) -> list[Path]:
     return sorted(p for p in folder.iterdir() if NUMBERED.match(p.name))
 
 
-def run_notebooks(preset: str, only: list[str] | None = None, folder: Path = NOTEBOOK_DIR) -> dict[str, dict]:
-    """Run the notebooks (optionally only those whose number is in `only`); returns seconds and the peak
-    memory of the kernels so far (GB) per notebook, also written to `runs/<preset>/runner_timings.json`."""
+def fingerprint(notebook: Path, preset: str, upstream: str) -> str:
+    """What decides a notebook's outputs: its file, the helpers' code, the preset and the run ids of the
+    notebooks before it (`upstream`)."""
+    h = hashlib.sha256()
+    h.update(notebook.read_bytes())
+    for path in sorted(HELPERS_DIR.rglob("*.py")):
+        h.update(path.name.encode() + path.read_bytes())
+    h.update(repr(get_config(preset)).encode())
+    h.update(upstream.encode())
+    return h.hexdigest()
+
+
+def _done_path(out_dir: Path, notebook: Path) -> Path:
+    return out_dir / f"{notebook.stem}.done.json"
+
+
+def _stream_notebook_output() -> None:
+    """Show what each cell prints (tqdm bars with their rates included) while it runs."""
+    logger = logging.getLogger("papermill")
+    if not any(getattr(h, "_refusal_toolkit", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("    | %(message)s"))
+        handler._refusal_toolkit = True
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+def run_notebooks(preset: str, only: list[str] | None = None, folder: Path = NOTEBOOK_DIR, force: bool = False,
+                  log_output: bool = True) -> dict[str, dict]:
+    """Run the notebooks (optionally only those whose number is in `only`), skipping those whose fingerprint
+    matches their last finished run unless `force`. Returns seconds, peak kernel memory (GB) and whether each
+    notebook was skipped; also written to `runs/<preset>/runner_timings.json`."""
     import papermill
 
     cfg = get_config(preset)
     out_dir = cfg.run_dir / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
-    notebooks = [p for p in numbered_notebooks(folder) if not only or p.name[:2] in only]
-    if not notebooks:
+    notebooks = numbered_notebooks(folder)
+    chosen = [p for p in notebooks if not only or p.name[:2] in only]
+    if not chosen:
         raise SystemExit(f"No notebooks matched {only} in {folder}.")
-    timings: dict[str, dict] = {}
+    if log_output:
+        _stream_notebook_output()
+    timings_path = cfg.run_dir / "runner_timings.json"
+    timings: dict[str, dict] = json.loads(timings_path.read_text()) if timings_path.exists() else {}
+    upstream = ""
     for i, nb in enumerate(notebooks, 1):
+        done = _done_path(out_dir, nb)
+        record = json.loads(done.read_text()) if done.exists() else None
+        fp = fingerprint(nb, preset, upstream)
+        if nb not in chosen:
+            upstream += (record or {}).get("run_id", "never-run")
+            continue
+        if record and record.get("fingerprint") == fp and not force:
+            print(f"[{i}/{len(notebooks)}] {nb.name}: unchanged since its last finished run "
+                  f"({record['finished']}); skipped (--force reruns it)", flush=True)
+            timings[nb.name] = {**timings.get(nb.name, {}), "skipped": True}
+            upstream += record["run_id"]
+            continue
+        done.unlink(missing_ok=True)  # a killed run must not leave a notebook looking finished
         print(f"[{i}/{len(notebooks)}] {nb.name} (preset {preset})", flush=True)
         start = time.perf_counter()
         papermill.execute_notebook(str(nb), str(out_dir / nb.name), parameters={"PRESET": preset},
-                                   cwd=str(folder), progress_bar=True, kernel_name="python3")
+                                   cwd=str(folder), progress_bar=not log_output, log_output=log_output,
+                                   kernel_name="python3")
         peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2  # the finished kernels
-        timings[nb.name] = {"seconds": time.perf_counter() - start, "peak_kernel_memory_gb_so_far": peak_gb}
-        print(f"    done in {timings[nb.name]['seconds']:.0f} s (peak kernel memory so far {peak_gb:.1f} GB) "
-              f"-> {out_dir / nb.name}", flush=True)
-    (cfg.run_dir / "runner_timings.json").write_text(json.dumps(timings, indent=1))
-    return timings
+        seconds = time.perf_counter() - start
+        timings[nb.name] = {"seconds": seconds, "peak_kernel_memory_gb_so_far": peak_gb, "skipped": False}
+        record = {"fingerprint": fp, "run_id": uuid.uuid4().hex, "seconds": seconds,
+                  "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+        atomic_write_json(done, record)
+        upstream += record["run_id"]
+        print(f"    done in {seconds:.0f} s (peak kernel memory so far {peak_gb:.1f} GB) -> {out_dir / nb.name}",
+              flush=True)
+        atomic_write_json(timings_path, timings)
+    atomic_write_json(timings_path, timings)
+    return {k: v for k, v in timings.items() if k in {p.name for p in chosen}}
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="offline", help=f"one of {sorted(PRESETS)}")
     ap.add_argument("--only", nargs="+", metavar="NN", help="notebook numbers to run, e.g. 00 03")
+    ap.add_argument("--force", action="store_true", help="rerun notebooks even when nothing they depend on changed")
     args = ap.parse_args(argv)
     if args.preset not in PRESETS:
         ap.exit(2, f"runner: unknown preset {args.preset!r}; valid presets: {sorted(PRESETS)}\n")
@@ -63,8 +126,9 @@ def main(argv: list[str] | None = None) -> None:
         unknown = sorted(set(args.only) - known)
         if unknown:
             ap.exit(2, f"runner: no notebook numbered {unknown}; the notebooks are {sorted(known)}\n")
-    timings = run_notebooks(args.preset, args.only)
-    print("total", f"{sum(t['seconds'] for t in timings.values()):.0f} s", file=sys.stderr)
+    timings = run_notebooks(args.preset, args.only, force=args.force)
+    print("total", f"{sum(t.get('seconds', 0) for t in timings.values() if not t.get('skipped')):.0f} s",
+          file=sys.stderr)
     from helpers.report import build_report
 
     print(f"report: {build_report(args.preset)}")

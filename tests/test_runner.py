@@ -31,6 +31,43 @@ def test_runs_numbered_notebooks_in_order_with_the_preset(tmp_path, monkeypatch)
     assert set(saved) == set(timings) == {"01_a.ipynb", "02_b.ipynb"}
 
 
+def test_rerun_skips_unchanged_notebooks_and_reruns_what_changed_downstream(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("REFUSAL_RUNS_DIR", str(tmp_path / "runs"))
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    log = tmp_path / "log.txt"
+    for name in ("01_a.ipynb", "02_b.ipynb"):
+        make_notebook(nbs / name, f"open({str(log)!r}, 'a').write('{name[:2]} ')")
+    run_notebooks("smoke", folder=nbs, log_output=False)
+    assert log.read_text() == "01 02 "
+    run_notebooks("smoke", folder=nbs, log_output=False)
+    assert log.read_text() == "01 02 ", "nothing changed: both skipped"
+    assert "unchanged since its last finished run" in capsys.readouterr().out
+    make_notebook(nbs / "02_b.ipynb", f"open({str(log)!r}, 'a').write('02b ')")
+    run_notebooks("smoke", folder=nbs, log_output=False)
+    assert log.read_text() == "01 02 02b ", "only the changed notebook reruns"
+    make_notebook(nbs / "01_a.ipynb", f"open({str(log)!r}, 'a').write('01b ')")
+    run_notebooks("smoke", folder=nbs, log_output=False)
+    assert log.read_text() == "01 02 02b 01b 02b ", "a changed upstream notebook reruns everything after it"
+    run_notebooks("smoke", folder=nbs, log_output=False, force=True)
+    assert log.read_text().endswith("01b 02b 01b 02b ")
+
+
+def test_a_failed_notebook_is_not_marked_finished(tmp_path, monkeypatch):
+    monkeypatch.setenv("REFUSAL_RUNS_DIR", str(tmp_path / "runs"))
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    flag = tmp_path / "fail"
+    flag.write_text("1")
+    make_notebook(nbs / "01_a.ipynb", f"import os\nassert not os.path.exists({str(flag)!r})")
+    with pytest.raises(Exception):
+        run_notebooks("smoke", folder=nbs, log_output=False)
+    assert not (tmp_path / "runs" / "smoke" / "notebooks" / "01_a.done.json").exists()
+    flag.unlink()
+    run_notebooks("smoke", folder=nbs, log_output=False)
+    assert (tmp_path / "runs" / "smoke" / "notebooks" / "01_a.done.json").exists()
+
+
 def test_unknown_preset_fails_early(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--preset", "huge"])
