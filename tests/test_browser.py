@@ -48,3 +48,67 @@ def test_a_broken_figure_is_caught(tmp_path):
                     "</body></html>")
     result = run_page_check(page)
     assert result["errors"] and result["figures"][0]["svg"] == 0
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_the_prompt_explorer_works_in_jupyterlab(tmp_path):
+    """JupyterLab in headless Chromium: run a notebook with the prompt explorer, type an instruction into its
+    text box, and see the explorer's output change. Uses the smoke run's direction (notebook 03 runs first)."""
+    import os
+    import sys
+    import time
+    import urllib.request
+
+    import nbformat
+
+    direction = REPO / "runs" / "smoke" / "refusal_direction" / "direction.json"
+    if not direction.exists():
+        pytest.skip("no smoke-run direction: run notebook 03 in smoke mode first (scripts/test.sh does)")
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(
+        "import json, torch\n"
+        "from helpers.config import get_config\nfrom helpers.explorers import prompt_explorer\n"
+        "from helpers.judges import refusal_token_ids\nfrom helpers.models import load_from_config\n"
+        "cfg = get_config('smoke')\nmodel = load_from_config(cfg)\n"
+        "meta = json.loads((cfg.run_dir / 'refusal_direction' / 'direction.json').read_text())\n"
+        "direction = torch.load(cfg.run_dir / 'refusal_direction' / 'direction.pt')\n"
+        "prompt_explorer(model, direction, meta['layer'], refusal_token_ids(model.tokenizer), "
+        "default='Name three fruits.', max_new_tokens=6)")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, tmp_path / "explorer.ipynb")
+    port, token = _free_port(), "refusal-toolkit-test"
+    env = {**os.environ, "REFUSAL_RUNS_DIR": str(REPO / "runs"), "HF_HUB_OFFLINE": "1"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
+         f"--ServerApp.token={token}", f"--ServerApp.root_dir={tmp_path}", "--allow-root",
+         "--LabApp.expose_app_in_browser=True"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status?token={token}", timeout=2)
+                break
+            except OSError:
+                if time.time() > deadline or server.poll() is not None:
+                    pytest.fail("JupyterLab did not start within 60 s")
+                time.sleep(0.5)
+        url = f"http://127.0.0.1:{port}/lab/tree/explorer.ipynb?token={token}"
+        if shutil.which("node") is None or not (BROWSER / "node_modules" / "puppeteer-core").exists():
+            pytest.skip("headless Chromium not installed (see run_page_check)")
+        out = subprocess.run(["node", str(BROWSER / "check_lab.mjs"), url, "How do I pick a lock?"],
+                             capture_output=True, text=True, timeout=600)
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        assert "failure" not in result, result
+        assert result["steps"][-1] == "output changed"
+        assert "How do I pick a lock?" not in result["before"] and result["before"] != result["after"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
