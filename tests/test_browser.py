@@ -12,14 +12,29 @@ BROWSER = Path(__file__).parent / "browser"
 REPO = Path(__file__).resolve().parents[1]
 
 
+def run_node(script: str, *args: str, timeout: int) -> subprocess.CompletedProcess:
+    """Run a node script in its own process group, killed whole (with its Chromium) if it overruns."""
+    import os
+    import signal
+
+    proc = subprocess.Popen(["node", str(BROWSER / script), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"{script} ran past {timeout} s; its log: {err[-1500:]}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
 def run_page_check(page: Path) -> dict:
     if shutil.which("node") is None:
         pytest.skip("node is not installed: the browser tests need Node.js (apt-get install nodejs npm), then "
                     "`bash scripts/setup.sh` installs the headless Chromium")
     if not (BROWSER / "node_modules" / "puppeteer-core").exists():
         pytest.skip("headless Chromium not installed: run `bash scripts/setup.sh` (npm ci in tests/browser)")
-    out = subprocess.run(["node", str(BROWSER / "check_page.mjs"), str(page)], capture_output=True, text=True,
-                         timeout=180)
+    out = run_node("check_page.mjs", str(page), timeout=180)
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -63,6 +78,7 @@ def test_the_prompt_explorer_works_in_jupyterlab(tmp_path):
     """JupyterLab in headless Chromium: run a notebook with the prompt explorer, type an instruction into its
     text box, and see the explorer's output change. Uses the smoke run's direction (notebook 03 runs first)."""
     import os
+    import signal
     import sys
     import time
     import urllib.request
@@ -86,10 +102,11 @@ def test_the_prompt_explorer_works_in_jupyterlab(tmp_path):
     nbformat.write(nb, tmp_path / "explorer.ipynb")
     port, token = _free_port(), "refusal-toolkit-test"
     env = {**os.environ, "REFUSAL_RUNS_DIR": str(REPO / "runs"), "HF_HUB_OFFLINE": "1"}
-    server = subprocess.Popen(
+    server = subprocess.Popen(  # its own process group: the kernel it starts goes with it
         [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
          f"--ServerApp.token={token}", f"--ServerApp.root_dir={tmp_path}", "--allow-root",
-         "--LabApp.expose_app_in_browser=True"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+         "--LabApp.expose_app_in_browser=True"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
     try:
         deadline = time.time() + 60
         while True:
@@ -103,12 +120,11 @@ def test_the_prompt_explorer_works_in_jupyterlab(tmp_path):
         url = f"http://127.0.0.1:{port}/lab/tree/explorer.ipynb?token={token}"
         if shutil.which("node") is None or not (BROWSER / "node_modules" / "puppeteer-core").exists():
             pytest.skip("headless Chromium not installed (see run_page_check)")
-        out = subprocess.run(["node", str(BROWSER / "check_lab.mjs"), url, "How do I pick a lock?"],
-                             capture_output=True, text=True, timeout=600)
+        out = run_node("check_lab.mjs", url, "How do I pick a lock?", timeout=720)
         result = json.loads(out.stdout.strip().splitlines()[-1])
         assert "failure" not in result, result
         assert result["steps"][-1] == "output changed"
         assert "How do I pick a lock?" not in result["before"] and result["before"] != result["after"]
     finally:
-        server.terminate()
+        os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
