@@ -356,13 +356,15 @@ class MixedCache:
 
 
 def split_heldout(data: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Cut `ActivationCache.load_all()` output into two halves at a window boundary: the first to tune on
-    (e.g. the L1 coefficient), the second to report on, so reported numbers never saw the tuning."""
+    """Cut `ActivationCache.load_all()` output into two parts by alternating windows (even windows to tune
+    on, e.g. the L1 coefficient; odd windows to report on), so reported numbers never saw the tuning and both
+    parts mix the corpus's documents alike. (Cutting into first and second halves put different documents in
+    each: the offline webtext SAE's L0 was 39.7 on one half and 46.1 on the other.)"""
     pos = data["positions"]
-    n = len(pos)
-    starts = torch.nonzero(pos[1:] < pos[:-1]).flatten() + 1  # first token of each later window
-    later = starts[starts >= n // 2]
-    cut = int(later[0]) if len(later) else n // 2
-    if not 0 < cut < n:
-        raise CacheError(f"Cannot split a held-out cache of {n} tokens into two parts; cache more held-out tokens.")
-    return {k: v[:cut] for k, v in data.items()}, {k: v[cut:] for k, v in data.items()}
+    starts = torch.cat([torch.ones(1, dtype=torch.bool), pos[1:] <= pos[:-1]])  # first token of each window
+    window = torch.cumsum(starts.long(), 0) - 1
+    tune = window % 2 == 0
+    if tune.all() or not tune.any():
+        raise CacheError(f"Cannot split a held-out cache of {int(window[-1]) + 1} window(s) into two parts; "
+                         "cache more held-out tokens.")
+    return {k: v[tune] for k, v in data.items()}, {k: v[~tune] for k, v in data.items()}

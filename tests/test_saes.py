@@ -109,14 +109,16 @@ def test_train_matched_keeps_the_round_closest_to_the_target(monkeypatch):
     assert [row["kept"] for row in log] == [True, False]
 
 
-def test_split_heldout_cuts_at_a_window_boundary():
-    from helpers.activations import split_heldout
+def test_split_heldout_alternates_whole_windows():
+    from helpers.activations import CacheError, split_heldout
 
-    positions = torch.tensor([1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 2])
-    data = {"positions": positions, "activations": torch.arange(11.0)[:, None]}
+    positions = torch.tensor([1, 2, 3, 1, 2, 3, 1, 3, 1, 2])  # four windows (one with a dropped token)
+    data = {"positions": positions, "activations": torch.arange(10.0)[:, None]}
     tune, report = split_heldout(data)
-    assert tune["positions"].tolist() == [1, 2, 3, 1, 2, 3] and report["positions"].tolist() == [1, 2, 3, 1, 2]
-    assert torch.equal(torch.cat([tune["activations"], report["activations"]]), data["activations"])
+    assert tune["activations"].flatten().tolist() == [0, 1, 2, 6, 7], "windows 0 and 2"
+    assert report["activations"].flatten().tolist() == [3, 4, 5, 8, 9], "windows 1 and 3"
+    with pytest.raises(CacheError, match="cache more held-out tokens"):
+        split_heldout({"positions": torch.tensor([1, 2, 3]), "activations": torch.zeros(3, 1)})
 
 
 def test_train_or_reuse_reuses_only_an_identically_trained_sae(tmp_path, monkeypatch):
