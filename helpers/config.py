@@ -95,7 +95,7 @@ class Config:
     generation_batch_size: int = 16
     forward_batch_size: int = 16
     # Refusal direction (Arditi et al.)
-    n_train: int = 128
+    n_train: int = 120  # all of our sets' training split (Arditi et al. used 128 of theirs)
     n_val: int = 32
     n_test: int = 64
     # Drop training prompts the model already treats "wrongly": "metric" (the paper's refusal-metric
