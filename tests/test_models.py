@@ -85,8 +85,9 @@ def test_chat_template_without_and_with_system_prompt(model):
 
 @pytest.mark.slow
 def test_layer_out_of_range_message(model):
-    with pytest.raises(ValueError, match=r"layer 30 is out of range for .* \(24 layers"):
+    with pytest.raises(ValueError, match=r"layer of .* 30 is out of range for a model with 24 layers \(0\.\.23\)"):
         model.check_layer(30)
+    assert model.check_layer(23) == 23
 
 
 @pytest.mark.slow
