@@ -63,6 +63,21 @@ def hook_layer(hook_name: str, n_layers: int, model_name: str = "the model") -> 
     return check_layer(int(parts[1]), n_layers, f"{hook_name} ({model_name})")
 
 
+def training_token_mask(norms: torch.Tensor, drop_first: bool = True,
+                        outlier_factor: float | None = 10.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which positions of a `[batch, pos]` window batch the SAEs train on, given the residual norms: all but
+    the first (`drop_first`: Qwen's massive first-token activation) and those whose norm exceeds
+    `outlier_factor` x the median norm of the remaining positions. Returns (keep, outliers)."""
+    keep = torch.ones_like(norms, dtype=torch.bool)
+    if drop_first:
+        keep[:, 0] = False
+    outliers = torch.zeros_like(keep)
+    if outlier_factor is not None:
+        outliers = keep & (norms > outlier_factor * norms[keep].median())
+        keep &= ~outliers
+    return keep, outliers
+
+
 def cache_settings(cfg, corpus: str, split: str) -> dict:
     """The configuration fields that decide what a cache of `corpus`/`split` holds."""
     source = cfg.webtext_source if corpus.startswith("webtext") else cfg.chat_source
@@ -205,14 +220,8 @@ def cache_activations(model: LoadedModel, corpus: str, folder: Path, hook_name: 
             break
         ids = torch.tensor(batch, device=model.device)
         resid = model.tl(ids, stop_at_layer=layer)  # = blocks.{layer}.hook_resid_pre
-        keep = torch.ones(ids.shape, dtype=torch.bool, device=ids.device)
-        if drop_first:
-            keep[:, 0] = False
-        norms = resid.norm(dim=-1)
-        if outlier_factor is not None:
-            outliers = keep & (norms > outlier_factor * norms[keep].median())
-            manifest.dropped_outliers += int(outliers.sum())
-            keep &= ~outliers
+        keep, outliers = training_token_mask(resid.norm(dim=-1), drop_first, outlier_factor)
+        manifest.dropped_outliers += int(outliers.sum())
         manifest.dropped_first += len(batch) if drop_first else 0
         buf_acts.append(resid[keep].to(torch_dtype).cpu())
         buf_ids.append(ids[keep].to(torch.int32).cpu())

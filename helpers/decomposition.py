@@ -353,7 +353,7 @@ def outlier_tokens(model: LoadedModel, windows: list[list[int]], hook_name: str,
     on these windows: counts by token, the share dropped, and the median norm."""
     from collections import Counter
 
-    from helpers.activations import hook_layer
+    from helpers.activations import hook_layer, training_token_mask
 
     layer = hook_layer(hook_name, model.n_layers, model.name)
     dropped: Counter = Counter()
@@ -361,12 +361,9 @@ def outlier_tokens(model: LoadedModel, windows: list[list[int]], hook_name: str,
     for b in range(0, len(windows), batch_size):
         ids = torch.tensor(windows[b:b + batch_size], device=model.device)
         norms = model.tl(ids, stop_at_layer=layer).norm(dim=-1)
-        keep = torch.ones_like(norms, dtype=torch.bool)
-        keep[:, 0] = False
-        median = norms[keep].median()
-        medians.append(median.item())
-        out = keep & (norms > factor * median)
-        kept_total += int(keep.sum())
+        keep, out = training_token_mask(norms, drop_first=True, outlier_factor=factor)
+        medians.append(norms[:, 1:].median().item())
+        kept_total += int((keep | out).sum())
         dropped.update(model.tokenizer.convert_ids_to_tokens(ids[out].tolist()))
     return {"dropped": dict(dropped.most_common()), "share": sum(dropped.values()) / max(kept_total, 1),
             "median_norm": sum(medians) / len(medians)}

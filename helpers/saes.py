@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from helpers.activations import ActivationCache, hook_layer
+from helpers.activations import ActivationCache, hook_layer, training_token_mask
 from helpers.config import SAEConfig
 from helpers.models import LoadedModel
 
@@ -184,11 +184,7 @@ def spliced_losses(model: LoadedModel, saes: dict, windows: list[list[int]], hoo
         ids = torch.tensor(windows[b:b + batch_size], device=model.device)
         clean, cache = model.tl.run_with_cache(ids, return_type="loss", loss_per_token=True, names_filter=hook_name)
         resid = cache[hook_name]
-        norms = resid.norm(dim=-1)
-        keep = torch.ones_like(norms, dtype=torch.bool)
-        keep[:, 0] = False
-        if outlier_factor is not None:
-            keep &= norms <= outlier_factor * norms[:, 1:].median()
+        keep, _ = training_token_mask(resid.norm(dim=-1), drop_first=True, outlier_factor=outlier_factor)
         per_window["clean"].append(clean.mean(-1).double().cpu())
         replacements = {"zero": torch.zeros_like(resid),
                         **{name: sae.decode(sae.encode(resid)).to(resid.dtype) for name, sae in saes.items()}}
