@@ -13,6 +13,7 @@ import argparse
 import hashlib
 import json
 import logging
+import os
 import re
 import resource
 import sys
@@ -49,12 +50,23 @@ def _done_path(out_dir: Path, notebook: Path) -> Path:
     return out_dir / f"{notebook.stem}.done.json"
 
 
+class _IndentedLines(logging.Formatter):
+    """Each line of a kernel's output as its own console line under `    | ` (tqdm's carriage returns too)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        lines = [ln.rstrip() for ln in re.split(r"[\r\n]+", record.getMessage())]
+        return "\n".join(f"    | {ln}" for ln in lines if ln.strip())
+
+
 def _stream_notebook_output() -> None:
-    """Show what each cell prints (tqdm bars with their rates included) while it runs."""
+    """Show what each cell prints while it runs, progress bars included: the kernels draw plain-text tqdm bars
+    (`helpers/__init__.py`), a line every TQDM_MININTERVAL seconds (default 20) with the rate and time left."""
+    os.environ["REFUSAL_CONSOLE_PROGRESS"] = "1"
+    os.environ.setdefault("TQDM_MININTERVAL", "20")
     logger = logging.getLogger("papermill")
     if not any(getattr(h, "_refusal_toolkit", False) for h in logger.handlers):
         handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("    | %(message)s"))
+        handler.setFormatter(_IndentedLines())
         handler._refusal_toolkit = True
         logger.addHandler(handler)
     logger.setLevel(logging.INFO)

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -107,3 +108,19 @@ def test_report_builds_from_nothing_and_says_not_run(tmp_path, monkeypatch):
         "orthogonalization_relative_difference": 6e-7}))
     page = build_report("smoke").read_text()
     assert "55.0% [45.0%, 65.0%] (n=40) → 10.0%" in page and "6.0e-07" in page
+
+
+def test_progress_bars_reach_the_console_while_a_cell_runs(tmp_path, monkeypatch, capsys):
+    """Under the main job a long loop's tqdm bar prints text lines with its rate as it goes, not one
+    widget line when it ends."""
+    monkeypatch.setenv("REFUSAL_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("TQDM_MININTERVAL", "0")
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    make_notebook(nbs / "01_a.ipynb", "import helpers, time\nfrom tqdm.auto import tqdm\n"
+                                      "for _ in tqdm(range(3), desc='step'):\n    time.sleep(0.3)")
+    run_notebooks("smoke", folder=nbs)
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "step:" in ln]
+    assert all(ln.startswith("    | step:") for ln in lines), lines
+    assert any("2/3" in ln and ("it/s" in ln or "s/it" in ln) for ln in lines), lines
