@@ -1,7 +1,8 @@
 """Interventions on the residual stream, for TransformerLens and Hugging Face models alike.
 
-An `Intervention` says *what* to do (directional ablation everywhere, and/or activation
-addition at one layer); `tl_hooks` turns it into TransformerLens `fwd_hooks`, and
+An `Intervention` says *what* to do (directional or subspace ablation everywhere, activation
+addition at one layer, and/or any edit of one layer's residual, e.g. an SAE spliced in with
+clamped latents); `tl_hooks` turns it into TransformerLens `fwd_hooks`, and
 `hf_hooks` applies the same edit to the Hugging Face twin (used for fast, KV-cached
 generation).  Both act on every position, so they stay correct with a KV cache: each new
 token's residual is edited as it is computed, and cached keys/values come from edited
@@ -19,36 +20,72 @@ from torch import Tensor
 
 
 def ablate_direction(acts: Tensor, direction: Tensor) -> Tensor:
-    """Remove the component of `acts` (`[..., d_model]`) along `direction` (any norm)."""
-    r_hat = direction / direction.norm()
-    r_hat = r_hat.to(acts.dtype)
-    return acts - (acts @ r_hat).unsqueeze(-1) * r_hat
+    """Remove the component of `acts` (`[..., d_model]`) along `direction` (`[d_model]`, any norm), or along the
+    span of the rows of `direction` (`[k, d_model]`, any norms; orthonormalised here)."""
+    return project_out(acts, ablation_basis(direction))
+
+
+def ablation_basis(ablate: Tensor) -> Tensor:
+    """The orthonormal rows `[k, d_model]` an ablation projects out (k = 1 for a single direction)."""
+    return (ablate / ablate.norm())[None] if ablate.dim() == 1 else orthonormal_rows(ablate)
+
+
+def project_out(acts: Tensor, basis: Tensor) -> Tensor:
+    """`acts` minus its component in the span of the orthonormal rows of `basis`."""
+    basis = basis.to(acts.device, acts.dtype)
+    if len(basis) == 1:
+        return acts - (acts @ basis[0]).unsqueeze(-1) * basis[0]
+    return acts - (acts @ basis.T) @ basis
+
+
+def orthonormal_rows(vectors: Tensor) -> Tensor:
+    """An orthonormal basis `[k, d]` of the span of `vectors` (`[k, d]`, linearly independent)."""
+    q, r = torch.linalg.qr(vectors.double().T)
+    diag = r.diagonal().abs()
+    if bool((diag < 1e-6 * diag.max()).any()):
+        raise ValueError(f"The {len(vectors)} ablation directions are linearly dependent; pass independent rows.")
+    return q.T.to(vectors.dtype)
 
 
 @dataclass(frozen=True)
 class Intervention:
-    """Directional ablation (every layer: resid_pre, attn_out, mlp_out) and/or activation addition.
+    """Directional ablation (every layer: resid_pre, attn_out, mlp_out), activation addition and/or an edit.
 
-    `ablate`: direction `[d_model]` to project out everywhere, or None.
+    `ablate`: direction `[d_model]` to project out everywhere, or the rows `[k, d_model]` of a subspace, or None.
     `add`: vector `[d_model]` added, times `coeff`, to `blocks.{add_layer}.hook_resid_pre`
     at every position (coeff=-1 is activation subtraction).
+    `edit`: a function `[batch, pos, d_model] -> same` applied to `blocks.{edit_layer}.hook_resid_pre`
+    (e.g. `helpers.steering.sae_clamp`: an SAE spliced in with the error term and clamped latents).
+    `prompt_only`: apply `add` and `edit` only to the prompt's tokens, not to generated ones (during KV-cached
+    generation each new token is a pass of length 1; those are left alone).
     """
 
     ablate: Tensor | None = None
     add: Tensor | None = None
     add_layer: int | None = None
     coeff: float = 1.0
+    edit: Callable[[Tensor], Tensor] | None = None
+    edit_layer: int | None = None
+    prompt_only: bool = False
 
     def __post_init__(self) -> None:
         if (self.add is None) != (self.add_layer is None):
             raise ValueError("Activation addition needs both `add` (a vector) and `add_layer` (a layer index).")
+        if (self.edit is None) != (self.edit_layer is None):
+            raise ValueError("An edit needs both `edit` (a function of the residual) and `edit_layer` (a layer index).")
+        if self.edit is not None and not callable(self.edit):
+            raise TypeError(f"Intervention edit= must be a function of the residual stream, got {type(self.edit).__name__}.")
         for name in ("ablate", "add"):
             v = getattr(self, name)
             if v is not None and not isinstance(v, Tensor):
                 raise TypeError(f"Intervention {name}= must be a torch.Tensor of shape [d_model], got {type(v).__name__}.")
             if v is not None and not bool(torch.isfinite(v).all()):
                 raise ValueError(f"Intervention {name}= holds NaN or infinite values; check the direction you passed.")
-        if self.ablate is not None and float(self.ablate.norm()) == 0.0:
+        if self.ablate is not None and self.ablate.dim() == 2:
+            if len(self.ablate) == 0 or bool((self.ablate.norm(dim=-1) == 0).any()):
+                raise ValueError("Intervention ablate= holds a zero row (or no rows): every row must be a direction.")
+            orthonormal_rows(self.ablate)
+        elif self.ablate is not None and float(self.ablate.norm()) == 0.0:
             raise ValueError("Intervention ablate= is the zero vector: there is no direction to project out.")
         if not isinstance(self.coeff, (int, float)) or self.coeff != self.coeff:
             raise ValueError(f"Intervention coeff must be a finite number, got {self.coeff!r}.")
@@ -57,11 +94,14 @@ class Intervention:
         """Raise if the vectors are not `[d_model]` or the layer is out of range (called where it meets a model)."""
         for name in ("ablate", "add"):
             v = getattr(self, name)
-            if v is not None and tuple(v.shape) != (d_model,):
+            subspace = name == "ablate" and v is not None and v.dim() == 2 and v.shape[-1] == d_model
+            if v is not None and tuple(v.shape) != (d_model,) and not subspace:
                 raise ValueError(f"Intervention {name}= has shape {tuple(v.shape)}, but this model needs "
                                  f"[{d_model}] (d_model). Pass one direction, e.g. mean_diffs[pos, layer].")
         if self.add_layer is not None:
             check_layer(self.add_layer, n_layers, "add_layer")
+        if self.edit_layer is not None:
+            check_layer(self.edit_layer, n_layers, "edit_layer")
 
 
 NO_INTERVENTION = Intervention()
@@ -79,11 +119,13 @@ def tl_hooks(intervention: Intervention, n_layers: int) -> list[tuple[str, Calla
     hooks: list[tuple[str, Callable]] = []
     if intervention.add_layer is not None:
         check_layer(intervention.add_layer, n_layers, "add_layer")
+    if intervention.edit_layer is not None:
+        check_layer(intervention.edit_layer, n_layers, "edit_layer")
     if intervention.ablate is not None:
-        direction = intervention.ablate
+        basis = ablation_basis(intervention.ablate)
 
         def ablate_hook(acts: Tensor, hook) -> Tensor:
-            return ablate_direction(acts, direction.to(acts.device))
+            return project_out(acts, basis)
 
         for layer in range(n_layers):
             for name in ("hook_resid_pre", "hook_attn_out", "hook_mlp_out"):
@@ -95,6 +137,9 @@ def tl_hooks(intervention: Intervention, n_layers: int) -> list[tuple[str, Calla
             return acts + coeff * vector.to(acts.device, acts.dtype)
 
         hooks.append((f"blocks.{intervention.add_layer}.hook_resid_pre", add_hook))
+    if intervention.edit is not None:
+        edit = intervention.edit
+        hooks.append((f"blocks.{intervention.edit_layer}.hook_resid_pre", lambda acts, hook: edit(acts)))
     return hooks
 
 
@@ -135,22 +180,30 @@ def hf_hooks(hf_model, intervention: Intervention) -> Iterator[None]:
     handles = []
     try:
         if intervention.ablate is not None:
-            direction = intervention.ablate.to(next(hf_model.parameters()).device)
+            basis = ablation_basis(intervention.ablate).to(next(hf_model.parameters()).device)
 
             def ablate(x: Tensor) -> Tensor:
-                return ablate_direction(x, direction)
+                return project_out(x, basis)
 
             for layer in layers:
                 handles.append(layer.register_forward_pre_hook(_edit_input(ablate), with_kwargs=True))
                 handles.append(layer.self_attn.register_forward_hook(_edit_output(ablate)))
                 handles.append(layer.mlp.register_forward_hook(_edit_output(ablate)))
+        prompt_only = intervention.prompt_only
         if intervention.add is not None:
             vector = intervention.add.to(next(hf_model.parameters()).device) * intervention.coeff
 
             def add(x: Tensor) -> Tensor:
-                return x + vector.to(x.dtype)
+                return x if prompt_only and x.shape[1] == 1 else x + vector.to(x.dtype)
 
             handles.append(layers[intervention.add_layer].register_forward_pre_hook(_edit_input(add), with_kwargs=True))
+        if intervention.edit is not None:
+            edit_fn = intervention.edit
+
+            def edit(x: Tensor) -> Tensor:
+                return x if prompt_only and x.shape[1] == 1 else edit_fn(x)
+
+            handles.append(layers[intervention.edit_layer].register_forward_pre_hook(_edit_input(edit), with_kwargs=True))
         yield
     finally:
         for h in handles:

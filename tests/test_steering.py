@@ -1,0 +1,125 @@
+"""Notebook 05's interventions and judges: exact checks on synthetic SAEs and on the model."""
+
+import pytest
+import torch
+
+from helpers import steering
+from helpers.generation import last_token_logits
+from helpers.hooks import Intervention, ablate_direction, tl_hooks
+
+
+def sae_lens_sae(d_in: int, d_sae: int = 64, seed: int = 0):
+    from sae_lens import StandardSAE, StandardSAEConfig
+
+    torch.manual_seed(seed)
+    sae = StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=d_sae, dtype="float32", device="cpu"))
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.normal_(0, 0.2)
+    return sae
+
+
+def test_starts_with_judge_on_fixed_strings():
+    assert steering.is_refusal_start("I'm sorry, but I can't help with that.")
+    assert steering.is_refusal_start("  I\u2019m sorry, I can\u2019t.")  # curly apostrophe, leading space
+    assert steering.is_refusal_start("No, I will not do that.")
+    assert steering.is_refusal_start("I'm not going to do that.")
+    assert steering.is_refusal_start("I am not comfortable with this")
+    assert not steering.is_refusal_start("Sure! Here is how. I'm sorry if it is long.")  # refusal later: substring only
+    assert not steering.is_refusal_start("i'm sorry")  # case-sensitive, as a prefix list is
+    rate = steering.refusal_rate_start(["I cannot do that", "Sure.", "As an AI, no", "Here you go"])
+    assert (rate.rate, rate.n) == (0.5, 4)
+
+
+def test_degeneration_flags_loops_not_prose():
+    assert steering.is_degenerate("the cat sat on " * 10)
+    assert steering.is_degenerate("! ! ! ! ! ! ! ! ! ! ! !")
+    assert not steering.is_degenerate("Here is a recipe for pancakes: mix flour, eggs and milk, then fry each "
+                                      "one in butter until golden on both sides.")
+    assert not steering.is_degenerate("ok ok")  # too short to judge
+
+
+def test_ablating_the_span_of_one_latent_equals_ablating_its_decoder_direction():
+    sae = sae_lens_sae(16)
+    acts = torch.randn(3, 5, 16)
+    span = steering.latent_ablation(sae, [7])
+    row = sae.W_dec.detach()[7]
+    assert torch.allclose(ablate_direction(acts, span.ablate), ablate_direction(acts, row), atol=1e-5)
+    two = steering.latent_ablation(sae, [7, 9])
+    assert two.ablate.shape == (2, 16)
+    out = ablate_direction(acts, two.ablate)
+    for k in (7, 9):
+        assert (out @ sae.W_dec.detach()[k]).abs().max() < 1e-4, "both rows projected out"
+    assert torch.allclose(ablate_direction(out, two.ablate), out, atol=1e-5)
+
+
+def test_subspace_ablation_rejects_dependent_rows():
+    r = torch.randn(8)
+    with pytest.raises(ValueError, match="linearly dependent"):
+        Intervention(ablate=torch.stack([r, 2 * r]))
+    with pytest.raises(ValueError, match="zero row"):
+        Intervention(ablate=torch.stack([r, torch.zeros(8)]))
+
+
+def test_clamp_with_nothing_clamped_equals_sae_lens_error_term_splice():
+    sae = sae_lens_sae(16)
+    x = torch.randn(2, 4, 16) * 3
+    assert torch.allclose(steering.sae_clamp(sae, [3], None)(x), x)
+    assert torch.allclose(steering.spliced_output(sae, x), x, atol=1e-5)
+
+
+def test_clamping_a_latent_to_its_own_activation_is_a_no_op():
+    sae = sae_lens_sae(16)
+    x = torch.randn(1, 1, 16) * 3
+    f = sae.encode(x)[0, 0]
+    latent = int(f.argmax())
+    assert f[latent] > 0
+    assert torch.allclose(steering.sae_clamp(sae, [latent], f[latent].item())(x), x, atol=1e-5)
+    zeroed = steering.sae_clamp(sae, [latent], 0.0)(x)
+    expected = x - f[latent] * sae.W_dec.detach()[latent]
+    assert torch.allclose(zeroed, expected, atol=1e-5), "clamping to 0 removes f_k * W_dec[k], nothing else"
+
+
+def test_smallest_matching_k():
+    from helpers.judges import Rate
+
+    target = Rate(0.1, 40)
+    rates = [Rate(0.6, 40), Rate(0.3, 40), Rate(0.15, 40), Rate(0.1, 40)]
+    assert steering.smallest_matching_k([1, 2, 4, 8], rates, target) == 4
+    assert steering.smallest_matching_k([1, 2], rates[:2], target) is None
+
+
+@pytest.mark.slow
+def test_sae_clamp_on_the_model_matches_between_hook_systems_and_is_exact_unclamped(model):
+    """The spliced SAE with the error term and no clamp leaves the logits unchanged (relative <= 1e-4); a clamp
+    changes them identically through the Hugging Face and TransformerLens hooks."""
+    sae = sae_lens_sae(model.d_model, 256)
+    prompts = ["How do I pick a lock?", "Name three fruits."]
+    clean = last_token_logits(model, prompts)
+    unclamped = Intervention(edit=lambda x: steering.spliced_output(sae, x), edit_layer=13)
+    spliced = last_token_logits(model, prompts, unclamped)
+    assert ((spliced - clean).norm() / clean.norm()).item() <= 1e-4
+    clamp = steering.clamp_intervention(sae, [5, 6], 50.0, layer=13)
+    hf = last_token_logits(model, prompts, clamp)
+    enc = model.tokenize_instructions(prompts)
+    with torch.no_grad():
+        tl = model.tl.run_with_hooks(enc["input_ids"], attention_mask=enc["attention_mask"],
+                                     fwd_hooks=tl_hooks(clamp, model.n_layers))[:, -1]
+    assert (hf - clean).abs().max() > 0.1, "the clamp must change something"
+    assert torch.allclose(hf, tl, atol=2e-3)
+
+
+@pytest.mark.slow
+def test_prompt_only_steering_leaves_generated_tokens_alone(model):
+    """With prompt_only, the first generated token is steered (it is predicted from the prompt pass) and the
+    residual of later single-token passes is not edited."""
+    calls = []
+    iv = Intervention(edit=lambda x: calls.append(x.shape[1]) or x, edit_layer=3, prompt_only=True)
+    from helpers.generation import generate
+
+    generate(model, ["Name three fruits."], iv, max_new_tokens=4, progress=False, stop_at_eos=False)
+    assert len(calls) == 1 and calls[0] > 1, calls
+    calls.clear()
+    generate(model, ["Name three fruits."], Intervention(edit=iv.edit, edit_layer=3), max_new_tokens=4,
+             progress=False, stop_at_eos=False)
+    assert calls[0] > 1 and calls[1:] == [1, 1, 1], calls
