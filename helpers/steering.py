@@ -140,3 +140,43 @@ PAPER_CLAIMS = {
     "bypass": "ablating the chat SAE's top refusal latent bypasses refusal about as well as ablating r; "
               "the Pile SAE's top latent bypasses much less",
 }
+
+
+def load_rankings(run_dir) -> dict[str, dict]:
+    """Notebook 04's latent rankings per SAE: the top latent by decoder cosine with r (`top`, `cosine`), the top 16
+    by |Δ activation| (`delta`) and by matching pursuit (`omp`). A clear error names notebook 04 when missing."""
+    import json
+    from pathlib import Path
+
+    path = Path(run_dir) / "decompose_refusal_direction" / "results.json"
+    if not path.exists():
+        raise FileNotFoundError(f"Missing {path}: run notebook 04 (04_decompose_refusal_direction) for this preset first.")
+    res = json.loads(path.read_text())
+    return {name: {"top": best["latent"], "cosine": best["cosine"], "delta": res["sparsity"][name]["top_delta_latents"],
+                   "omp": res["sparsity"][name]["omp_latents"]}
+            for name, best in res["max_decoder_cosine"].items()}
+
+
+def evaluate_conditions(model, prompts: list[str], conditions: dict[str, Intervention], max_new_tokens: int,
+                        batch_size: int) -> dict[str, dict]:
+    """Greedy completions under each named intervention, judged by both judges and the degeneration check;
+    one console line per condition (rates and seconds)."""
+    import time
+
+    from helpers.generation import generate
+
+    out = {}
+    for name, iv in conditions.items():
+        start = time.perf_counter()
+        completions = generate(model, prompts, iv, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                               progress=False)
+        out[name] = {"completions": completions, **condition_summary(completions),
+                     "seconds": time.perf_counter() - start}
+        s = out[name]
+        print(f"  {name:38s} substring {s['substring']['rate']:6.1%}  starts-with {s['starts_with']['rate']:6.1%}  "
+              f"degenerate {s['degenerate']['rate']:5.1%}  (n={len(prompts)}, {s['seconds']:.0f} s)", flush=True)
+    return out
+
+
+def rate_of(summary: dict, judge: str = "substring") -> Rate:
+    return Rate(summary[judge]["rate"], summary[judge]["n"])
