@@ -1,0 +1,201 @@
+"""Refusal gradients read through SAE decoders (Lee, Breck & Arditi 2025, notebook 06).
+
+R = ⟨resid_pre at target layer L, last prompt token, r̂_L⟩, with r̂_L the normalised difference of means at L
+and notebook 03's selected position. Its gradient with respect to the source-layer residual (the SAE's hook)
+at every prompt position, dotted with each latent's unit decoder row, scores the latents:
+
+- `mean`  (the published description): mean over positions of d̂ₖ · g_t;
+- `sum`: Σ_t d̂ₖ · g_t, the first-order change of R when d̂ₖ is added at every prompt position;
+- `last`: d̂ₖ · g_T at the last token only;
+- `cosine`: mean over positions of cos(d̂ₖ, g_t);
+- `attribution`: Σ_t f_k(x_t) (W_dec[k] · g_t), activation × gradient: the first-order change of R when the
+  latent is switched off at every position (prompt-specific by construction);
+- any rule with `r_orthogonal=True` first removes r̂ (at the source layer) from the gradient, i.e. scores the
+  part of dₖ orthogonal to the refusal direction: our choice, because the plain scores put the generic refusal
+  latent (the one most aligned with r) first for every prompt.
+
+Choices where the method is unpublished are marked in notebook 06.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from helpers.decomposition import unit_decoder
+from helpers.hooks import Intervention
+from helpers.models import LoadedModel, position_ids
+
+RULES = ("mean", "sum", "last", "cosine", "attribution")
+
+
+@dataclass
+class RefusalGradient:
+    """One prompt's refusal gradient at the source layer."""
+
+    instruction: str
+    tokens: list[str]
+    source_acts: Tensor  # [T, d_model] residual at the source layer
+    grad: Tensor  # [T, d_model] dR / d resid_source
+    R: float  # the projection itself
+    source_layer: int
+    target_layer: int
+
+
+def refusal_gradient(model: LoadedModel, instruction: str, source_layer: int, target_layer: int,
+                     r_target: Tensor) -> RefusalGradient:
+    """∇ R with respect to `blocks.{source_layer}.hook_resid_pre` at every position of one chat-formatted prompt
+    (no padding), R the projection of `blocks.{target_layer}.hook_resid_pre` at the last token on r̂_target."""
+    model.check_layer(source_layer)
+    model.check_layer(target_layer)
+    if target_layer <= source_layer:
+        raise ValueError(f"target_layer ({target_layer}) must come after source_layer ({source_layer}).")
+    ids = model.tokenize_instructions([instruction])["input_ids"]
+    r_hat = (r_target / r_target.norm()).to(model.device, torch.float32)
+    hf = model.hf
+    layers = hf.model.layers
+    held: dict[str, Tensor] = {}
+
+    def capture(module, args, kwargs):  # make the source residual a leaf we can differentiate with respect to
+        x = (args[0] if args else kwargs["hidden_states"]).detach().requires_grad_(True)
+        held["x"] = x
+        return ((x,) + tuple(args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": x})
+
+    def stop(module, args, kwargs):
+        held["target"] = args[0] if args else kwargs["hidden_states"]
+        raise _Stop
+
+    h1 = layers[source_layer].register_forward_pre_hook(capture, with_kwargs=True)
+    h2 = layers[target_layer].register_forward_pre_hook(stop, with_kwargs=True)
+    try:
+        with torch.enable_grad():
+            try:
+                hf.model(input_ids=ids, position_ids=position_ids(torch.ones_like(ids)))
+            except _Stop:
+                pass
+            R = held["target"][0, -1].float() @ r_hat
+            (grad,) = torch.autograd.grad(R, held["x"])
+    finally:
+        h1.remove()
+        h2.remove()
+    return RefusalGradient(instruction=instruction, tokens=model.tokenizer.convert_ids_to_tokens(ids[0].tolist()),
+                           source_acts=held["x"][0].detach().float().cpu(), grad=grad[0].float().cpu(), R=R.item(),
+                           source_layer=source_layer, target_layer=target_layer)
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass at the target layer."""
+
+
+def latent_scores(sae, g: RefusalGradient, rule: str = "mean", r_source: Tensor | None = None) -> Tensor:
+    """Each latent's score `[d_sae]` under `rule` (see the module docstring). With `r_source` given, its
+    direction is removed from the gradient first (the r-orthogonal reading)."""
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {RULES}, got {rule!r}.")
+    grad = g.grad.double()
+    if r_source is not None:
+        r_hat = (r_source / r_source.norm()).double()
+        grad = grad - (grad @ r_hat)[:, None] * r_hat
+    if rule == "attribution":
+        f = sae.encode(g.source_acts.to(sae.W_dec.dtype)).detach().double()  # [T, d_sae]
+        return (f * (grad @ sae.W_dec.detach().double().T)).sum(0)
+    dec = unit_decoder(sae).double()  # [d_sae, d]
+    if rule == "last":
+        return dec @ grad[-1]
+    per_position = grad @ dec.T  # [T, d_sae]
+    if rule == "sum":
+        return per_position.sum(0)
+    if rule == "mean":
+        return per_position.mean(0)
+    norms = grad.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return (per_position / norms).mean(0)  # cosine: decoder rows are unit norm
+
+
+def top_latents(scores: Tensor, k: int = 10) -> dict[str, list[tuple[int, float]]]:
+    """The k most positive and k most negative latents with their scores."""
+    pos = scores.topk(k)
+    neg = (-scores).topk(k)
+    return {"positive": [(int(i), float(v)) for v, i in zip(pos.values, pos.indices)],
+            "negative": [(int(i), -float(v)) for v, i in zip(neg.values, neg.indices)]}
+
+
+def overlap_at_k(a: Tensor, b: Tensor, k: int = 10) -> float:
+    """Share of the top-k latents (by score) that two score vectors have in common."""
+    return len(set(a.topk(k).indices.tolist()) & set(b.topk(k).indices.tolist())) / k
+
+
+def spearman(a: Tensor, b: Tensor) -> float:
+    """Spearman rank correlation of two score vectors (ties broken by order)."""
+    ra = a.argsort().argsort().double()
+    rb = b.argsort().argsort().double()
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    return float((ra @ rb) / (ra.norm() * rb.norm()))
+
+
+def position_alignment(g: RefusalGradient, direction: Tensor) -> Tensor:
+    """d̂ · g_t at each prompt position `[T]`: where in the prompt the gradient aligns with a latent."""
+    return g.grad.double() @ (direction / direction.norm()).double()
+
+
+@torch.no_grad()
+def steered_readout(model: LoadedModel, instruction: str, vectors: Tensor, layer: int, target_layer: int,
+                    r_target: Tensor, refusal_ids: list[int]) -> tuple[Tensor, Tensor]:
+    """For each row v of `vectors` `[B, d_model]`: add v at every prompt position of `blocks.{layer}.hook_resid_pre`
+    and read the refusal metric (log-odds of refusal tokens at the last position) and R. One batched pass of B
+    copies of the prompt. Returns (metric `[B]`, R `[B]`)."""
+    from helpers.judges import refusal_metric
+
+    enc = model.tokenize_instructions([instruction] * len(vectors))
+    v = vectors.to(model.device, torch.float32)[:, None, :]
+    iv = Intervention(edit=lambda x: x + v.to(x.dtype), edit_layer=layer)
+    from helpers.hooks import hf_hooks
+
+    with hf_hooks(model.hf, iv):
+        out = model.hf.model(**enc, position_ids=position_ids(enc["attention_mask"]), output_hidden_states=True)
+    logits = model.hf.lm_head(out.last_hidden_state[:, -1]).float()
+    r_hat = (r_target / r_target.norm()).to(out.hidden_states[target_layer])
+    return refusal_metric(logits, refusal_ids).float().cpu(), (out.hidden_states[target_layer][:, -1] @ r_hat).float().cpu()
+
+
+def generate_steered(model: LoadedModel, prompts: list[str], vectors: Tensor, layer: int, prompt_only: bool,
+                     max_new_tokens: int) -> list[str]:
+    """Greedy completions of `prompts`, prompt i with row i of `vectors` `[n, d_model]` added at
+    `blocks.{layer}.hook_resid_pre` (on the prompt tokens only, or on every token), in one batch."""
+    from helpers.generation import _length_sorted, generate
+
+    if len(vectors) != len(prompts):
+        raise ValueError(f"one steering vector per prompt: got {len(vectors)} vectors for {len(prompts)} prompts.")
+    order = _length_sorted(prompts)  # generate() batches in this order; give it the rows already sorted
+    v = vectors[order].float()[:, None, :]
+    iv = Intervention(edit=lambda x: x + v.to(x.device, x.dtype), edit_layer=layer, prompt_only=prompt_only)
+    out = generate(model, [prompts[i] for i in order], iv, max_new_tokens=max_new_tokens, batch_size=len(prompts),
+                   progress=False)
+    result = [""] * len(prompts)
+    for j, i in enumerate(order):
+        result[i] = out[j]
+    return result
+
+
+@torch.no_grad()
+def projection_by_layer(model: LoadedModel, instructions: list[str], mean_diffs_at_pos: Tensor,
+                        batch_size: int = 16) -> Tensor:
+    """R at every layer for each prompt `[n, n_layers]`: the last-token resid_pre projected on the normalised
+    difference of means at that layer (`mean_diffs_at_pos` `[n_layers, d_model]`)."""
+    from helpers.generation import batched
+
+    r_hat = mean_diffs_at_pos.float() / mean_diffs_at_pos.float().norm(dim=-1, keepdim=True)
+    out = []
+    for batch in batched(instructions, batch_size):
+        enc = model.tokenize_instructions(batch)
+        hs = model.hf.model(**enc, position_ids=position_ids(enc["attention_mask"]), output_hidden_states=True).hidden_states
+        last = torch.stack([h[:, -1].float().cpu() for h in hs[: model.n_layers]], dim=1)  # [b, L, d]
+        out.append((last * r_hat[None]).sum(-1))
+    return torch.cat(out)
+
+
+def separation(harmful: Tensor, harmless: Tensor) -> Tensor:
+    """Cohen's d per column: (mean harmful − mean harmless) / pooled s.d."""
+    pooled = ((harmful.var(0) + harmless.var(0)) / 2).sqrt().clamp_min(1e-12)
+    return (harmful.mean(0) - harmless.mean(0)) / pooled

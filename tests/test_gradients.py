@@ -1,0 +1,110 @@
+"""Notebook 06's refusal gradients: the scores against finite differences on the model, and the arithmetic of
+the scoring rules on synthetic gradients."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from helpers import gradients as grads
+
+
+class LinearSAE:
+    def __init__(self, W_dec: torch.Tensor):
+        self.W_dec = W_dec
+        self.cfg = SimpleNamespace(d_sae=W_dec.shape[0])
+
+    def encode(self, x):
+        return torch.relu(x @ self.W_dec.T)
+
+
+def synthetic_gradient(T: int = 6, d: int = 8, seed: int = 0) -> grads.RefusalGradient:
+    torch.manual_seed(seed)
+    return grads.RefusalGradient(instruction="x", tokens=["t"] * T, source_acts=torch.randn(T, d),
+                                 grad=torch.randn(T, d), R=0.0, source_layer=1, target_layer=4)
+
+
+def test_rules_agree_with_their_definitions():
+    g = synthetic_gradient()
+    W = torch.randn(5, 8) * 3
+    sae = LinearSAE(W)
+    unit = W / W.norm(dim=-1, keepdim=True)
+    assert torch.allclose(grads.latent_scores(sae, g, "sum").float(), (g.grad @ unit.T).sum(0), atol=1e-5)
+    assert torch.allclose(grads.latent_scores(sae, g, "mean").float(), (g.grad @ unit.T).mean(0), atol=1e-5)
+    assert torch.allclose(grads.latent_scores(sae, g, "last").float(), unit @ g.grad[-1], atol=1e-5)
+    f = torch.relu(g.source_acts @ W.T)
+    assert torch.allclose(grads.latent_scores(sae, g, "attribution").float(), (f * (g.grad @ W.T)).sum(0), atol=1e-4)
+    cos = grads.latent_scores(sae, g, "cosine")
+    assert cos.abs().max() <= 1 + 1e-9
+    with pytest.raises(ValueError, match="rule must be one of"):
+        grads.latent_scores(sae, g, "median")
+
+
+def test_a_decoder_row_orthogonal_to_the_gradient_scores_zero():
+    g = synthetic_gradient()
+    mean_grad = g.grad.mean(0)
+    row = torch.randn(8)
+    row = row - (row @ mean_grad) / (mean_grad @ mean_grad) * mean_grad
+    sae = LinearSAE(torch.stack([row, mean_grad]))
+    s = grads.latent_scores(sae, g, "mean")
+    assert s[1].item() > 0 and abs(s[0].item()) < 1e-5 * s[1].item()
+
+
+def test_r_orthogonal_reading_zeroes_the_r_aligned_latent():
+    g = synthetic_gradient()
+    r = torch.randn(8)
+    sae = LinearSAE(torch.stack([r * 2, torch.randn(8)]))
+    plain = grads.latent_scores(sae, g, "mean")
+    orth = grads.latent_scores(sae, g, "mean", r_source=r)
+    assert abs(plain[0].item()) > 1e-3 and abs(orth[0].item()) < 1e-5 * abs(plain[0].item())
+
+
+def test_overlap_and_spearman():
+    a = torch.arange(20.0)
+    assert grads.overlap_at_k(a, a * 2, 10) == 1.0
+    assert grads.overlap_at_k(a, -a, 10) == 0.0
+    assert grads.spearman(a, a ** 3) == pytest.approx(1.0)
+    assert grads.spearman(a, -a) == pytest.approx(-1.0)
+    tops = grads.top_latents(a - 10, k=3)
+    assert [k for k, _ in tops["positive"]] == [19, 18, 17] and [k for k, _ in tops["negative"]] == [0, 1, 2]
+
+
+def test_separation_is_cohens_d():
+    harmful = torch.tensor([[1.0, 0.0], [3.0, 0.0]])
+    harmless = torch.tensor([[-1.0, 0.0], [-3.0, 0.0]])
+    d = grads.separation(harmful, harmless)
+    assert d[0].item() == pytest.approx(4 / 2 ** 0.5) and d[1].item() == 0.0
+
+
+@pytest.mark.slow
+def test_gradient_score_predicts_the_change_of_R_under_small_steering(model):
+    """Finite differences: adding α·d̂ₖ at every prompt position changes R by α · (sum-rule score) to first order."""
+    torch.manual_seed(0)
+    r = torch.randn(model.d_model)
+    prompt = "Develop a strategy for hugging a person"
+    g = grads.refusal_gradient(model, prompt, source_layer=13, target_layer=18, r_target=r)
+    assert g.grad.shape == g.source_acts.shape and g.grad.abs().max() > 0
+    sae = LinearSAE(torch.randn(16, model.d_model))
+    scores = grads.latent_scores(sae, g, "sum")
+    unit = sae.W_dec / sae.W_dec.norm(dim=-1, keepdim=True)
+    alpha = 0.5
+    for k in scores.abs().argsort(descending=True)[:3].tolist():
+        vecs = torch.stack([alpha * unit[k], -alpha * unit[k]])
+        _, R = grads.steered_readout(model, prompt, vecs, 13, 18, r, refusal_ids=[0])
+        finite = (R[0] - R[1]).item() / (2 * alpha)
+        assert finite == pytest.approx(scores[k].item(), rel=0.05), (k, finite, scores[k].item())
+    _, R0 = grads.steered_readout(model, prompt, torch.zeros(1, model.d_model), 13, 18, r, refusal_ids=[0])
+    assert R0[0].item() == pytest.approx(g.R, rel=1e-4, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_generate_steered_keeps_each_prompt_with_its_vector(model):
+    """Rows are reordered by length inside generate; each prompt must still get its own vector: steering only
+    the second prompt leaves the first prompt's completion as it was."""
+    prompts = ["Name three fruits, please, in a list.", "Hi"]
+    plain = grads.generate_steered(model, prompts, torch.zeros(2, model.d_model), 5, True, 6)
+    torch.manual_seed(0)
+    vecs = torch.zeros(2, model.d_model)
+    vecs[1] = torch.randn(model.d_model) * 200
+    steered = grads.generate_steered(model, prompts, vecs, 5, True, 6)
+    assert steered[0] == plain[0] and steered[1] != plain[1]
