@@ -24,6 +24,8 @@ SECTIONS = [  # (notebook file, results folder, title)
     ("03_refusal_direction.ipynb", "refusal_direction", "03 · The refusal direction (Arditi et al.)"),
     ("04_decompose_refusal_direction.ipynb", "decompose_refusal_direction",
      "04 · The refusal direction in SAE latents (Kissane et al.)"),
+    ("05_steering.ipynb", "steering", "05 · Steering with SAE latents (Kissane et al.)"),
+    ("06_refusal_gradient.ipynb", "refusal_gradient", "06 · Features upstream of refusal (Lee, Breck & Arditi)"),
 ]
 
 
@@ -105,8 +107,39 @@ def claims(run_dir: Path) -> list[dict]:
     else:
         rows.append({"paper": "Kissane et al. 2024", "claim": "SAEs are dataset dependent", "paper's number": "—",
                      "this run": "not run", "held": None})
-    rows.append({"paper": "Lee, Breck & Arditi 2025", "claim": "refusal gradients name prompt-specific upstream features",
-                 "paper's number": "—", "this run": "not run (notebook 06 not built yet)", "held": None})
+    st = _load(run_dir, "steering")
+    if st and {"chat", "webtext"} <= set(st["saes"]):
+        b = st["bypass"]
+        r_abl, chat, web = (b["ablate r"]["substring"], b["ablate chat top latent"]["substring"],
+                            b["ablate webtext top latent"]["substring"])
+        rows += [
+            {"paper": "Kissane et al. 2024", "claim": "ablating the chat SAE's top latent bypasses refusal about as well as r",
+             "paper's number": "close to r's ablation", "this run": f"{_rate(chat)} vs r {_rate(r_abl)}",
+             "held": abs(chat["rate"] - r_abl["rate"]) <= max(chat["stderr"], r_abl["stderr"])},
+            {"paper": "Kissane et al. 2024", "claim": "the Pile (webtext) SAE's top latent bypasses less than the chat SAE's",
+             "paper's number": "well above r's ablation", "this run": f"{_rate(web)} vs chat {_rate(chat)}",
+             "held": web["rate"] > chat["rate"] + max(web["stderr"], chat["stderr"])},
+            {"paper": "this project", "claim": "latents needed to match r's bypass (within 1 s.e.; chat vs webtext, Δ ranking)",
+             "paper's number": "—", "this run": f"{st['matching_k'].get('chat (delta)')} vs {st['matching_k'].get('webtext (delta)')}",
+             "held": None},
+        ]
+    else:
+        rows.append({"paper": "Kissane et al. 2024", "claim": "the chat SAE's refusal latent steers like r",
+                     "paper's number": "—", "this run": "not run", "held": None})
+    rg = _load(run_dir, "refusal_gradient")
+    if rg:
+        for name, c in rg["chat_vs_webtext"].items():
+            pos, neg, rnd = c["top positive"], c["top negative"], c["random"]
+            rows.append({"paper": "Lee, Breck & Arditi 2025",
+                         "claim": f"adding top gradient latents raises refusal, negative ones lower it ({name} SAE)",
+                         "paper's number": "qualitative",
+                         "this run": f"Δ metric {pos['mean']:+.2f} ± {pos['se']:.2f} / {neg['mean']:+.2f} ± {neg['se']:.2f} "
+                                     f"(random {rnd['mean']:+.2f} ± {rnd['se']:.2f}; n={pos['n']})",
+                         "held": pos["mean"] - 2 * pos["se"] > rnd["mean"] + 2 * rnd["se"]
+                         and neg["mean"] + 2 * neg["se"] < rnd["mean"] - 2 * rnd["se"]})
+    else:
+        rows.append({"paper": "Lee, Breck & Arditi 2025", "claim": "refusal gradients name prompt-specific upstream features",
+                     "paper's number": "—", "this run": "not run", "held": None})
     return rows
 
 
@@ -158,6 +191,28 @@ def _section_body(run_dir: Path, folder: str) -> str:
         fig.update_layout(title="Relative MSE of the least-squares fit of r with the top-k latents", xaxis_type="log",
                           xaxis_title="k", yaxis_title="relative MSE", yaxis_range=[0, 1.05])
         parts.append(_figure(fig))
+    elif folder == "steering":
+        rows = [{"condition": k, "prompts": "harmful", "refusal (substring)": _rate(v["substring"]),
+                 "refusal (starts-with)": _rate(v["starts_with"]), "degenerate": _rate(v["degenerate"])}
+                for k, v in {**res["bypass"], **res["clamp_bypass"]}.items()]
+        parts.append(_table(rows))
+        fig = go.Figure()
+        for name in res["saes"]:
+            for ranking in ("delta", "omp"):
+                ys = [res["subspace_ablation"].get(f"ablate {name} top-{k} ({ranking})", {}).get("substring", {}).get("rate")
+                      for k in res["ks"]]
+                fig.add_trace(go.Scatter(x=res["ks"], y=ys, mode="lines+markers", name=f"{name} ({ranking})"))
+        fig.add_hline(y=res["bypass"]["ablate r"]["substring"]["rate"], line_dash="dash", annotation_text="ablate r")
+        fig.update_layout(title="Refusal rate with the top-k latents' span ablated", xaxis_type="log", xaxis_title="k",
+                          yaxis_title="refusal rate", yaxis_range=[0, 1])
+        parts.append(_figure(fig))
+        parts.append(f"<p>smallest k within 1 s.e. of ablating r: {html.escape(json.dumps(res['matching_k']))}</p>")
+    elif folder == "refusal_gradient":
+        parts.append(f"<p>source layer {res['source_layer']}, target layer {res['target_layer']}, rule {res['rule']}, "
+                     f"r-orthogonal {res['r_orthogonal']}</p>")
+        parts.append(_table([{k: p[k] for k in ("instruction", "kind", "refusal_metric", "R", "refuses")} for p in res["prompts"]]))
+        parts.append(_table([{"SAE": n, **{g: f"{v['mean']:+.3f} ± {v['se']:.3f} (n={v['n']})" for g, v in c.items()}}
+                             for n, c in res["chat_vs_webtext"].items()]))
     return "\n".join(parts)
 
 
