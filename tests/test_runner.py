@@ -124,3 +124,26 @@ def test_progress_bars_reach_the_console_while_a_cell_runs(tmp_path, monkeypatch
     lines = [ln for ln in capsys.readouterr().out.splitlines() if "step:" in ln]
     assert all(ln.startswith("    | step:") for ln in lines), lines
     assert any("2/3" in ln and ("it/s" in ln or "s/it" in ln) for ln in lines), lines
+
+
+def test_steering_and_gradient_claims_read_their_results(tmp_path):
+    """Notebook 05's and 06's claims come from their results files, with the decision the numbers support."""
+    from helpers.report import claims
+
+    rate = lambda r, n=40: {"rate": r, "ci95": [max(0, r - 0.1), min(1, r + 0.1)], "n": n,  # noqa: E731
+                            "stderr": (r * (1 - r) / n) ** 0.5}
+    folder = tmp_path / "steering"
+    folder.mkdir()
+    (folder / "results.json").write_text(json.dumps({
+        "saes": {"chat": {}, "webtext": {}}, "matching_k": {"chat (delta)": 2, "webtext (delta)": None},
+        "bypass": {"ablate r": {"substring": rate(0.1)}, "ablate chat top latent": {"substring": rate(0.15)},
+                   "ablate webtext top latent": {"substring": rate(0.5)}}}))
+    folder = tmp_path / "refusal_gradient"
+    folder.mkdir()
+    (folder / "results.json").write_text(json.dumps({"chat_vs_webtext": {"chat": {
+        "top positive": {"mean": 1.0, "se": 0.1, "n": 27}, "top negative": {"mean": -1.0, "se": 0.1, "n": 27},
+        "random": {"mean": 0.0, "se": 0.1, "n": 27}}}}))
+    rows = {r["claim"]: r for r in claims(tmp_path)}
+    assert rows["ablating the chat SAE's top latent bypasses refusal about as well as r"]["held"] is True
+    assert rows["the Pile (webtext) SAE's top latent bypasses less than the chat SAE's"]["held"] is True
+    assert rows["adding top gradient latents raises refusal, negative ones lower it (chat SAE)"]["held"] is True
