@@ -102,6 +102,10 @@ class Config:
     # filter), "generation" (substring judge on 8 greedy tokens) or None.
     filter_train: str | None = "metric"
     filter_val: bool = True  # apply the same filter to the validation prompts (Arditi et al.'s filter_val=True)
+    # How selection checks that a candidate can induce refusal: "metric" = Arditi et al.'s mean refusal metric on
+    # harmless prompts with the direction added > 0; "generation" = > 50% of 8-token greedy completions refused
+    # (substring judge), tried in order of bypass score.
+    induce_filter: str = "metric"
     selection_fallback: bool = False  # no candidate passes: False = error; True = lowest bypass (smoke only)
     score_all_layers: bool = True  # False: score only layers < 0.8 L (the only selectable ones)
     score_layer_step: int = 1  # score every k-th layer (smoke tests only)
@@ -135,6 +139,7 @@ class Config:
             "dtype": _choice(DTYPES), "system_prompt": ((str, type(None)), None, "None, 'default' or a string"),
             "max_new_tokens": pos, "generation_batch_size": pos, "forward_batch_size": pos,
             "n_train": pos, "n_val": pos, "n_test": pos, "filter_train": _choice(FILTERS),
+            "induce_filter": _choice(("metric", "generation")),
             "filter_val": ((bool,), None, "True or False"), "selection_fallback": ((bool,), None, "True or False"),
             "score_all_layers": ((bool,), None, "True or False"), "score_layer_step": pos,
             "ce_windows": pos, "ce_context_size": ((int,), lambda v: v >= 2, "an integer >= 2"),
@@ -196,6 +201,10 @@ PRESETS: dict[str, Config] = {
         # This model's refusals are marginal first-token decisions: only 21 of 120 harmful training prompts
         # have a positive refusal metric although ~60% are refused, so we filter on short generations.
         filter_train="generation",
+        # With the balanced, filtered validation set (16 + 16) no candidate has a positive induce score: the best
+        # is -0.25 (layer 14, position -4), against a harmless baseline of -2.78; the metric's two start tokens
+        # ("I", "As") are a weak proxy for this model's refusals. So the induce filter judges completions too.
+        induce_filter="generation",
         # Budget (2 cores): caching runs at ~300-360 tok/s to layer 13, SAE training from the cache at ~4,600
         # tok/s (4,096 latents), so 2 x 400k cached tokens take ~40 min and each 800k-token SAE ~3 min.
         cache_tokens=400_000,

@@ -11,8 +11,10 @@ comes with its standard error over prompts.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -120,6 +122,7 @@ class Selection:
     induce_se: float = math.nan
     kl_se: float = math.nan
     filters_passed: bool = True  # False only for an explicit fallback (smoke runs)
+    induce_checks: list | None = None  # the judged induce checks, when the induce filter is by generation
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -137,8 +140,16 @@ def _selection(scores: CandidateScores, p: int, layer: int, passed: bool = True)
 
 def select_direction(scores: CandidateScores, n_layers: int, kl_threshold: float = 0.1,
                      induce_threshold: float = 0.0, max_layer_frac: float = MAX_LAYER_FRACTION,
-                     fallback: bool = False) -> Selection:
+                     fallback: bool = False, induce_check: Callable[[int, int], float] | None = None,
+                     induce_rate: float = 0.5, max_checks: int = 12) -> Selection:
     """Lowest bypass score among candidates with induce > threshold, KL < threshold and layer < int(frac * L).
+
+    `induce_check(pos_index, layer)` replaces the induce-score filter (Arditi et al.'s refusal metric > 0) by a
+    judged one: the candidates passing KL and the layer cut are tried in order of bypass score, and the first
+    whose check (e.g. the refusal rate of short greedy completions of harmless prompts with the direction
+    added) exceeds `induce_rate` wins; at most `max_checks` are tried. For models whose refusals are marginal
+    first-token decisions (the offline preset's `induce_filter="generation"`). The checks are kept in
+    `Selection.induce_checks`.
 
     When none passes: a `SelectionError` listing the best candidates and their scores, or, with `fallback`
     (meant for smoke runs only), the lowest bypass score among the scored layers < int(frac * L), marked
@@ -146,10 +157,19 @@ def select_direction(scores: CandidateScores, n_layers: int, kl_threshold: float
     cut = max_selectable_layer(n_layers, max_layer_frac)
     scored = [(p, layer) for p in range(len(scores.positions)) for layer in range(min(cut, scores.bypass.shape[1]))
               if not math.isnan(float(scores.bypass[p, layer]))]
-    passing = [(p, layer) for p, layer in scored
-               if float(scores.induce[p, layer]) > induce_threshold and float(scores.kl[p, layer]) < kl_threshold]
-    if passing:
-        return _selection(scores, *min(passing, key=lambda c: float(scores.bypass[c])))
+    checks: list[dict] = []
+    if induce_check is None:
+        passing = [(p, layer) for p, layer in scored
+                   if float(scores.induce[p, layer]) > induce_threshold and float(scores.kl[p, layer]) < kl_threshold]
+        if passing:
+            return _selection(scores, *min(passing, key=lambda c: float(scores.bypass[c])))
+    else:
+        kl_ok = sorted([c for c in scored if float(scores.kl[c]) < kl_threshold], key=lambda c: float(scores.bypass[c]))
+        for p, layer in kl_ok[:max_checks]:
+            rate = float(induce_check(p, layer))
+            checks.append({"position": scores.positions[p], "layer": layer, "induce_rate": rate})
+            if rate > induce_rate:
+                return dataclasses.replace(_selection(scores, p, layer), induce_checks=checks)
     if not scored:
         raise SelectionError(f"No candidate was scored below layer {cut} (= int({max_layer_frac} * {n_layers})).")
     if fallback:
@@ -158,7 +178,27 @@ def select_direction(scores: CandidateScores, n_layers: int, kl_threshold: float
     rows = "; ".join(f"pos {scores.positions[p]} layer {layer}: bypass {float(scores.bypass[p, layer]):.2f}, "
                      f"induce {float(scores.induce[p, layer]):.2f}, KL {float(scores.kl[p, layer]):.3f}"
                      for p, layer in best)
+    if checks:
+        rows += "; judged induce rates (refusal rate under addition): " + "; ".join(
+            f"pos {c['position']} layer {c['layer']}: {c['induce_rate']:.0%}" for c in checks)
+    induce_rule = f"induce rate > {induce_rate} (judged)" if induce_check else f"induce > {induce_threshold}"
     raise SelectionError(
-        f"No candidate passes the filters (induce > {induce_threshold}, KL < {kl_threshold}, layer < {cut}). "
+        f"No candidate passes the filters ({induce_rule}, KL < {kl_threshold}, layer < {cut}). "
         f"Lowest bypass scores: {rows}. Use more or other training prompts, or relax the thresholds "
         "(select_direction(..., kl_threshold=..., induce_threshold=...)).")
+
+
+def generation_induce_check(model: LoadedModel, harmless: list[str], mean_diffs: Tensor, max_new_tokens: int = 8,
+                            batch_size: int = 16) -> Callable[[int, int], float]:
+    """`induce_check` for `select_direction`: the substring-judged refusal rate of `max_new_tokens` greedy tokens on
+    the harmless prompts with candidate `mean_diffs[pos_index, layer]` added at its layer (the same judge and
+    length as `filter_train="generation"`)."""
+    from helpers.generation import generate
+    from helpers.judges import refusal_rate
+
+    def check(p: int, layer: int) -> float:
+        iv = Intervention(add=mean_diffs[p, layer].float(), add_layer=layer)
+        return refusal_rate(generate(model, harmless, iv, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                     progress=False)).rate
+
+    return check

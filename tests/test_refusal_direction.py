@@ -39,6 +39,32 @@ def test_select_direction_skips_unscored_and_reports_failure():
     assert (fallback.layer, fallback.position, fallback.filters_passed) == (1, -2, False)
 
 
+def test_judged_induce_filter_tries_candidates_in_bypass_order():
+    """induce_filter="generation": candidates passing KL and the layer cut are checked in order of bypass; the
+    first whose judged induce rate exceeds 0.5 wins even if its induce *metric* is negative."""
+    bypass = [[-9, -3, -2, -1, -9], [-9, -4, 0, -5, -9]]
+    induce = [[-1, -1, -1, -1, -1], [-1, -1, -1, -1, -1]]  # no candidate passes Arditi's metric filter
+    kl = [[0, 0.05, 0, 0, 0], [0.2, 0.01, 0, 0, 0]]
+    scores = make_scores(bypass, induce, kl)
+    with pytest.raises(SelectionError, match="induce > 0.0"):
+        select_direction(scores, n_layers=5)
+    rates = {(0, 0): 0.4, (1, 3): 0.5, (1, 1): 0.9, (0, 1): 1.0}
+    tried = []
+
+    def check(p, layer):
+        tried.append((p, layer))
+        return rates.get((p, layer), 0.0)
+
+    chosen = select_direction(scores, n_layers=5, induce_check=check)
+    # order by bypass among KL < 0.1 and layer < 4: (0,0) -9, (1,3) -5, (1,1) -4, ...; (1,0) fails KL
+    assert tried == [(0, 0), (1, 3), (1, 1)]
+    assert (chosen.pos_index, chosen.layer) == (1, 1)
+    assert [c["induce_rate"] for c in chosen.induce_checks] == [0.4, 0.5, 0.9]
+    with pytest.raises(SelectionError, match=r"induce rate > 0.5 \(judged\).*pos -2 layer 0: 40%"):
+        select_direction(scores, n_layers=5, induce_check=lambda p, layer: 0.4)
+    assert select_direction(scores, n_layers=5, induce_check=lambda p, layer: 0.4, fallback=True).filters_passed is False
+
+
 def test_layer_cut_off_matches_the_paper_code():
     assert max_selectable_layer(24) == 19 and max_selectable_layer(5) == 4
     # layer 19 of 24 passes every filter with the best bypass, but int(0.8 * 24) = 19 excludes it
