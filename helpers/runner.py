@@ -3,8 +3,8 @@
 `python -m helpers.runner --preset offline` writes executed copies to `runs/<preset>/notebooks/`,
 streams each notebook's own output (progress bars with rates) to the console, and stops at the first
 failing notebook (its partly executed copy is kept there, so you can see where it failed). A notebook
-whose inputs have not changed since it last finished (the notebook, the `helpers` code, the preset and
-the notebooks before it) is skipped; `--force` reruns everything. `--only 03` runs a subset.
+whose inputs have not changed since it last finished (the notebook, the `helpers` modules it uses, the preset
+and the notebooks before it) is skipped; `--force` reruns everything. `--only 03` runs a subset.
 """
 
 from __future__ import annotations
@@ -34,12 +34,45 @@ def numbered_notebooks(folder: Path = NOTEBOOK_DIR) -> list[Path]:
     return sorted(p for p in folder.iterdir() if NUMBERED.match(p.name))
 
 
-def fingerprint(notebook: Path, preset: str, upstream: str) -> str:
-    """What decides a notebook's outputs: its file, the helpers' code, the preset and the run ids of the
-    notebooks before it (`upstream`)."""
+_HELPERS_IMPORT = re.compile(r"^\s*(?:from\s+helpers\.(\w+)\s+import|import\s+helpers\.(\w+)"
+                             r"|from\s+helpers\s+import\s+\(?([\w\s,]+?)\)?\s*$)", re.M)
+
+
+def _imported_helpers(source: str) -> set[str]:
+    """Names of the `helpers` modules a piece of code imports (at any indentation)."""
+    names = set()
+    for sub, plain, listed in _HELPERS_IMPORT.findall(source):
+        if sub or plain:
+            names.add(sub or plain)
+        else:
+            names.update(part.split(" as ")[0].strip() for part in listed.split(",") if part.strip())
+    return names
+
+
+def helper_modules(notebook: Path, helpers_dir: Path = HELPERS_DIR) -> list[Path]:
+    """The `helpers` files a notebook's code depends on: the modules it imports, the modules those import, and
+    so on, plus `__init__.py` and `config.py` (presets). Editing any other helper does not rerun it."""
+    import nbformat
+
+    nb = nbformat.read(notebook, as_version=4)
+    pending = _imported_helpers("\n".join(c.source for c in nb.cells if c.cell_type == "code")) | {"config"}
+    seen: set[str] = set()
+    while pending:
+        name = pending.pop()
+        path = helpers_dir / f"{name}.py"
+        if name in seen or not path.exists():
+            continue
+        seen.add(name)
+        pending |= _imported_helpers(path.read_text())
+    return sorted([helpers_dir / "__init__.py"] + [helpers_dir / f"{n}.py" for n in seen])
+
+
+def fingerprint(notebook: Path, preset: str, upstream: str, helpers_dir: Path = HELPERS_DIR) -> str:
+    """What decides a notebook's outputs: its file, the code of the helpers modules it uses (`helper_modules`),
+    the preset and the run ids of the notebooks before it (`upstream`)."""
     h = hashlib.sha256()
     h.update(notebook.read_bytes())
-    for path in sorted(HELPERS_DIR.rglob("*.py")):
+    for path in helper_modules(notebook, helpers_dir):
         h.update(path.name.encode() + path.read_bytes())
     h.update(repr(get_config(preset)).encode())
     h.update(upstream.encode())
@@ -64,6 +97,9 @@ def _stream_notebook_output() -> None:
     os.environ["REFUSAL_CONSOLE_PROGRESS"] = "1"
     os.environ.setdefault("TQDM_MININTERVAL", "20")
     logger = logging.getLogger("papermill")
+    for h in logger.handlers:
+        if getattr(h, "_refusal_toolkit", False):
+            h.setStream(sys.stdout)  # the console of this call (tests and notebooks swap sys.stdout)
     if not any(getattr(h, "_refusal_toolkit", False) for h in logger.handlers):
         handler = logging.StreamHandler(sys.stdout)
         handler.setFormatter(_IndentedLines())

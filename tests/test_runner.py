@@ -147,3 +147,23 @@ def test_steering_and_gradient_claims_read_their_results(tmp_path):
     assert rows["ablating the chat SAE's top latent bypasses refusal about as well as r"]["held"] is True
     assert rows["the Pile (webtext) SAE's top latent bypasses less than the chat SAE's"]["held"] is True
     assert rows["adding top gradient latents raises refusal, negative ones lower it (chat SAE)"]["held"] is True
+
+
+def test_fingerprint_follows_only_the_helpers_a_notebook_uses(tmp_path):
+    """Editing a helpers module a notebook imports (directly or through another module) reruns it; editing one it
+    never reaches (say the report) does not."""
+    from helpers.runner import fingerprint, helper_modules
+
+    pkg = tmp_path / "helpers"
+    pkg.mkdir()
+    for name, text in {"__init__": "", "config": "", "a": "from helpers.b import f\n",
+                       "b": "def f():\n    from helpers import c as cc\n", "c": "", "report": ""}.items():
+        (pkg / f"{name}.py").write_text(text)
+    nb = tmp_path / "01_x.ipynb"
+    make_notebook(nb, "from helpers import a\nimport os")
+    assert [p.stem for p in helper_modules(nb, pkg)] == ["__init__", "a", "b", "c", "config"]
+    before = fingerprint(nb, "smoke", "", pkg)
+    (pkg / "report.py").write_text("X = 1\n")
+    assert fingerprint(nb, "smoke", "", pkg) == before
+    (pkg / "c.py").write_text("Y = 2\n")
+    assert fingerprint(nb, "smoke", "", pkg) != before
