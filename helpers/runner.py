@@ -69,7 +69,7 @@ def helper_modules(notebook: Path, helpers_dir: Path = HELPERS_DIR) -> list[Path
 
 def fingerprint(notebook: Path, preset: str, upstream: str, helpers_dir: Path = HELPERS_DIR) -> str:
     """What decides a notebook's outputs: its file, the code of the helpers modules it uses (`helper_modules`),
-    the preset and the run ids of the notebooks before it (`upstream`)."""
+    the preset and the run ids of the notebooks whose outputs it reads (`upstream`, from `DEPENDS_ON`)."""
     h = hashlib.sha256()
     h.update(notebook.read_bytes())
     for path in helper_modules(notebook, helpers_dir):
@@ -77,6 +77,18 @@ def fingerprint(notebook: Path, preset: str, upstream: str, helpers_dir: Path = 
     h.update(repr(get_config(preset)).encode())
     h.update(upstream.encode())
     return h.hexdigest()
+
+
+# Which notebooks' outputs each notebook reads (a notebook not listed depends on every notebook before it).
+DEPENDS_ON: dict[str, tuple[str, ...]] = {
+    "00_meet_the_model": (),
+    "01_cache_activations": (),
+    "02_train_saes": ("01_cache_activations",),
+    "03_refusal_direction": (),
+    "04_decompose_refusal_direction": ("01_cache_activations", "02_train_saes", "03_refusal_direction"),
+    "05_steering": ("02_train_saes", "03_refusal_direction", "04_decompose_refusal_direction"),
+    "06_refusal_gradient": ("01_cache_activations", "02_train_saes", "03_refusal_direction"),
+}
 
 
 def _done_path(out_dir: Path, notebook: Path) -> Path:
@@ -127,19 +139,20 @@ def run_notebooks(preset: str, only: list[str] | None = None, folder: Path = NOT
         _stream_notebook_output()
     timings_path = cfg.run_dir / "runner_timings.json"
     timings: dict[str, dict] = json.loads(timings_path.read_text()) if timings_path.exists() else {}
-    upstream = ""
+    run_ids: dict[str, str] = {}
     for i, nb in enumerate(notebooks, 1):
         done = _done_path(out_dir, nb)
         record = json.loads(done.read_text()) if done.exists() else None
-        fp = fingerprint(nb, preset, upstream)
+        deps = DEPENDS_ON.get(nb.stem, tuple(p.stem for p in notebooks[: i - 1]))
+        fp = fingerprint(nb, preset, "".join(run_ids.get(d, "never-run") for d in deps))
         if nb not in chosen:
-            upstream += (record or {}).get("run_id", "never-run")
+            run_ids[nb.stem] = (record or {}).get("run_id", "never-run")
             continue
         if record and record.get("fingerprint") == fp and not force:
             print(f"[{i}/{len(notebooks)}] {nb.name}: unchanged since its last finished run "
                   f"({record['finished']}); skipped (--force reruns it)", flush=True)
             timings[nb.name] = {**timings.get(nb.name, {}), "skipped": True}
-            upstream += record["run_id"]
+            run_ids[nb.stem] = record["run_id"]
             continue
         done.unlink(missing_ok=True)  # a killed run must not leave a notebook looking finished
         print(f"[{i}/{len(notebooks)}] {nb.name} (preset {preset})", flush=True)
@@ -153,7 +166,7 @@ def run_notebooks(preset: str, only: list[str] | None = None, folder: Path = NOT
         record = {"fingerprint": fp, "run_id": uuid.uuid4().hex, "seconds": seconds,
                   "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
         atomic_write_json(done, record)
-        upstream += record["run_id"]
+        run_ids[nb.stem] = record["run_id"]
         print(f"    done in {seconds:.0f} s (peak kernel memory so far {peak_gb:.1f} GB) -> {out_dir / nb.name}",
               flush=True)
         atomic_write_json(timings_path, timings)

@@ -167,3 +167,21 @@ def test_fingerprint_follows_only_the_helpers_a_notebook_uses(tmp_path):
     assert fingerprint(nb, "smoke", "", pkg) == before
     (pkg / "c.py").write_text("Y = 2\n")
     assert fingerprint(nb, "smoke", "", pkg) != before
+
+
+def test_a_notebook_reruns_only_when_a_notebook_it_reads_changed(tmp_path, monkeypatch):
+    """02 reads 01's caches, not 00's output: editing 00 reruns 00 alone; editing 01 reruns 01 and 02."""
+    monkeypatch.setenv("REFUSAL_RUNS_DIR", str(tmp_path / "runs"))
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    log = tmp_path / "log.txt"
+    names = ("00_meet_the_model", "01_cache_activations", "02_train_saes")
+    for name in names:
+        make_notebook(nbs / f"{name}.ipynb", f"open({str(log)!r}, 'a').write('{name[:2]} ')")
+    run_notebooks("smoke", folder=nbs, log_output=False)
+    make_notebook(nbs / "00_meet_the_model.ipynb", f"open({str(log)!r}, 'a').write('00b ')")
+    run_notebooks("smoke", folder=nbs, log_output=False)
+    assert log.read_text() == "00 01 02 00b "
+    make_notebook(nbs / "01_cache_activations.ipynb", f"open({str(log)!r}, 'a').write('01b ')")
+    run_notebooks("smoke", folder=nbs, log_output=False)
+    assert log.read_text() == "00 01 02 00b 01b 02 "
