@@ -50,8 +50,13 @@ def test_bad_ablation_directions(vector, message):
 def test_wrong_shapes_and_layers_are_named_when_the_intervention_meets_the_model():
     with pytest.raises(ValueError, match=r"add= has shape \(1,\), but this model needs \[8\]"):
         Intervention(add=torch.ones(1), add_layer=3).check(d_model=8, n_layers=24)
-    with pytest.raises(ValueError, match=r"ablate= has shape \(2, 8\)"):
-        Intervention(ablate=torch.ones(2, 8)).check(d_model=8, n_layers=24)
+    with pytest.raises(ValueError, match=r"ablate= has shape \(2, 7\)"):  # [k, d_model] is a subspace; d_model is 8
+        Intervention(ablate=torch.eye(2, 7)).check(d_model=8, n_layers=24)
+    with pytest.raises(ValueError, match=r"ablate= has shape \(2, 2, 8\)"):
+        Intervention(ablate=torch.ones(2, 2, 8)).check(d_model=8, n_layers=24)
+    Intervention(ablate=torch.eye(2, 8)).check(d_model=8, n_layers=24)  # two directions: a valid subspace
+    with pytest.raises(ValueError, match="edit_layer 24 is out of range"):
+        Intervention(edit=lambda x: x, edit_layer=24).check(d_model=8, n_layers=24)
     with pytest.raises(ValueError, match="add_layer 30 is out of range.*0..23"):
         Intervention(add=torch.ones(8), add_layer=30).check(d_model=8, n_layers=24)
     with pytest.raises(ValueError, match="needs both"):
