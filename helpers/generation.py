@@ -103,13 +103,14 @@ def cache_prompt_batches(model: LoadedModel, instructions: list[str], batch_size
 
 
 @contextlib.contextmanager
-def _layers_from(hf_model, layer: int) -> Iterator[None]:
-    """Temporarily drop the first `layer` decoder layers (their output is supplied as `inputs_embeds`)."""
+def _layers_from(hf_model, layer: int, stop: int | None = None) -> Iterator[None]:
+    """Temporarily keep only decoder layers `layer..stop-1` (the output of the dropped first ones is supplied as
+    `inputs_embeds`; with `stop`, the pass ends after layer stop-1)."""
     inner = hf_model.model
     full, types = inner.layers, getattr(inner.config, "layer_types", None)
-    inner.layers = torch.nn.ModuleList(list(full)[layer:])
+    inner.layers = torch.nn.ModuleList(list(full)[layer:stop])
     if types is not None:
-        inner.config.layer_types = types[layer:]
+        inner.config.layer_types = types[layer:stop]
     try:
         yield
     finally:

@@ -18,7 +18,6 @@ Measured for each design, against plain Hugging Face on the same weights:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import resource
 import subprocess
@@ -31,38 +30,17 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from helpers.generation import _layers_from  # noqa: E402
 from helpers.hooks import NO_INTERVENTION, Intervention, tl_hooks  # noqa: E402
 from helpers.models import OFFLINE_MODEL, LoadedModel, load_model, load_tokenizer, position_ids, resolve_model_source  # noqa: E402
 
-PROMPTS = [
-    "Write a short poem about the sea.", "Explain how a bicycle gear works.", "List three uses of vinegar.",
-    "Describe the water cycle for a child.", "Give me a recipe for pancakes.", "What is a prime number?",
-    "Summarise the plot of Hamlet.", "How do I sort a list in Python?", "Name five European capitals.",
-    "Why is the sky blue?", "Suggest a name for a bakery.", "What does a compiler do?",
-    "Explain photosynthesis briefly.", "Write a haiku about autumn.", "How do vaccines work?",
-    "Give tips for a job interview.",
-]
+from bench_generation import PROMPTS  # noqa: E402  (scripts/ is on sys.path when run as a script)
+
 HOOK_LAYER = 13
 
 
 def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
-
-
-@contextlib.contextmanager
-def first_layers(hf, n: int):
-    """Plain HF forward through the first n decoder layers only (the reference for caching throughput)."""
-    inner = hf.model
-    full, types = inner.layers, getattr(inner.config, "layer_types", None)
-    inner.layers = torch.nn.ModuleList(list(full)[:n])
-    if types is not None:
-        inner.config.layer_types = types[:n]
-    try:
-        yield
-    finally:
-        inner.layers = full
-        if types is not None:
-            inner.config.layer_types = types
 
 
 def timed(fn, repeats: int) -> float:
@@ -117,12 +95,8 @@ def measure(design: str, batch_size: int, new_tokens: int, windows: int, repeats
     enc = model.tokenize_instructions(PROMPTS[:8])
     mask = enc["attention_mask"].bool()
     hf_out = hf(**enc, position_ids=position_ids(enc["attention_mask"]), output_hidden_states=True)
-    if design == "twin":
-        logits, cache = tl.run_with_cache(enc["input_ids"], attention_mask=enc["attention_mask"],
-                                          names_filter=lambda n: n.endswith("hook_resid_pre"))
-    else:
-        logits, cache = tl.run_with_cache(enc["input_ids"], attention_mask=enc["attention_mask"],
-                                          names_filter=lambda n: n.endswith("hook_resid_pre"))
+    logits, cache = tl.run_with_cache(enc["input_ids"], attention_mask=enc["attention_mask"],
+                                      names_filter=lambda n: n.endswith("hook_resid_pre"))
     lp_hf, lp = hf_out.logits.log_softmax(-1)[mask], logits.log_softmax(-1)[mask]
     out["logprob_max_abs_diff"] = (lp_hf - lp).abs().max().item()
     out["logprob_max_rel_diff"] = ((lp_hf - lp).abs() / lp_hf.abs().clamp(min=1e-6)).max().item()
@@ -171,7 +145,7 @@ def measure(design: str, batch_size: int, new_tokens: int, windows: int, repeats
                                                               ctx), windows)))
 
     def plain_forward():
-        with first_layers(hf, HOOK_LAYER):
+        with _layers_from(hf, 0, HOOK_LAYER):  # plain HF through the first HOOK_LAYER layers
             for b in range(0, len(toks), bw):
                 hf.model(toks[b:b + bw])
 
