@@ -27,7 +27,7 @@ def mean_activations(model: LoadedModel, instructions: list[str], positions: lis
                      batch_size: int = 16, desc: str = "mean activations") -> Tensor:
     """Mean `blocks.L.hook_resid_pre` over instructions: `[n_positions, n_layers, d_model]`, float64.
 
-    Runs the Hugging Face twin with `output_hidden_states` (its `hidden_states[L]` is
+    Runs the Hugging Face model with `output_hidden_states` (its `hidden_states[L]` is
     TransformerLens' `blocks.L.hook_resid_pre`; left padding keeps negative positions aligned).
     """
     if not instructions:

@@ -9,15 +9,15 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+import time
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from helpers.generation import batched, generate, position_ids
-from helpers.hooks import Intervention, hf_hooks
-from helpers.judges import Rate, refusal_rate
+from helpers.hooks import Intervention
+from helpers.judges import judge_completions, rate_of
 from helpers.models import LoadedModel
 
 
@@ -31,20 +31,20 @@ def conditions(direction: Tensor, layer: int) -> dict[str, Intervention]:
     }
 
 
-@dataclass
-class ConditionResult:
-    completions: list[str]
-    rate: Rate
-
-
 def evaluate_refusal(model: LoadedModel, instructions: list[str], interventions: dict[str, Intervention],
-                     max_new_tokens: int, batch_size: int) -> dict[str, ConditionResult]:
-    """Greedy completions and substring refusal rate under each named intervention."""
+                     max_new_tokens: int, batch_size: int) -> dict[str, dict]:
+    """Greedy completions under each named intervention, judged by the substring and starts-with judges and the
+    degeneration check (`judges.judge_completions`): per name `{"completions", "substring", "starts_with",
+    "degenerate", "seconds"}`; one console line per condition (`judges.rate_of` turns a judge's entry into a Rate)."""
     results = {}
     for name, iv in interventions.items():
-        completions = generate(model, instructions, iv, max_new_tokens=max_new_tokens, batch_size=batch_size)
-        results[name] = ConditionResult(completions, refusal_rate(completions))
-        print(f"  {name:9s} {results[name].rate}", flush=True)
+        start = time.perf_counter()
+        completions = generate(model, instructions, iv, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                               progress=False)
+        r = results[name] = {"completions": completions, **judge_completions(completions),
+                             "seconds": time.perf_counter() - start}
+        print(f"  {name:38s} {rate_of(r)}  starts-with {r['starts_with']['rate']:6.1%}  "
+              f"degenerate {r['degenerate']['rate']:5.1%}  ({r['seconds']:.0f} s)", flush=True)
     return results
 
 
@@ -54,14 +54,14 @@ def _project_out_rows(weight: Tensor, r_hat: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def orthogonalized_copy(model: LoadedModel, direction: Tensor):
-    """A copy of the Hugging Face model with `direction` projected out of every matrix that writes to the
+def orthogonalized_copy(hf_model, direction: Tensor):
+    """A copy of a Hugging Face model with `direction` projected out of every matrix that writes to the
     residual stream (token embedding, attention output, MLP output): ablation folded into the weights.
 
     The unembedding is untied from the embedding first (Qwen2.5-0.5B ties them), so only the
     writing side changes.
     """
-    hf = copy.deepcopy(model.hf)
+    hf = copy.deepcopy(hf_model)
     r_hat = (direction / direction.norm()).to(next(hf.parameters()).dtype).to(next(hf.parameters()).device)
     emb = hf.get_input_embeddings()
     if hf.get_output_embeddings() is not None and hf.get_output_embeddings().weight is emb.weight:
@@ -78,15 +78,20 @@ def orthogonalized_copy(model: LoadedModel, direction: Tensor):
 @torch.no_grad()
 def orthogonalization_check(model: LoadedModel, direction: Tensor, instructions: list[str]) -> float:
     """Relative difference ||logits_orth - logits_hooked|| / ||logits_hooked|| over all real positions."""
-    orth = orthogonalized_copy(model, direction)
+    orth = orthogonalized_copy(model.hf, direction)
     enc = model.tokenize_instructions(instructions)
     pos = position_ids(enc["attention_mask"])
     mask = enc["attention_mask"].bool()
-    with hf_hooks(model.hf, Intervention(ablate=direction)):
+    with model.hooks(Intervention(ablate=direction)):
         hooked = model.hf(**enc, position_ids=pos).logits[mask]
     folded = orth(**enc, position_ids=pos).logits[mask]
     del orth
     return ((folded - hooked).norm() / hooked.norm()).item()
+
+
+def next_token_losses(logits: Tensor, ids: Tensor) -> Tensor:
+    """Cross-entropy (nats) of each next token `[batch, pos - 1]` from logits `[batch, pos, d_vocab]`."""
+    return torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2).float(), ids[:, 1:], reduction="none")
 
 
 @torch.no_grad()
@@ -96,10 +101,9 @@ def window_cross_entropies(model: LoadedModel, windows: list[list[int]], interve
     out = []
     for batch in tqdm(batched(windows, batch_size), desc="cross-entropy", unit="batch", leave=False):
         ids = torch.tensor(batch, device=model.device)
-        with hf_hooks(model.hf, intervention):
-            logits = model.hf(input_ids=ids).logits[:, :-1]
-        loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2).float(), ids[:, 1:], reduction="none")
-        out.append(loss.mean(-1).double().cpu())
+        with model.hooks(intervention):
+            logits = model.hf(input_ids=ids, use_cache=False).logits
+        out.append(next_token_losses(logits, ids).mean(-1).double().cpu())
     return torch.cat(out)
 
 

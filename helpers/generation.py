@@ -1,8 +1,7 @@
 """Greedy, batched, left-padded generation (with optional interventions) and batched forward passes.
 
-Generation runs on the Hugging Face twin with `generate` (KV cache, ~4x faster than
-`HookedTransformer.generate` on CPU); interventions are plain PyTorch hooks
-(`helpers.hooks.hf_hooks`), so steered generation costs about as much as plain generation.
+Generation is Hugging Face's `generate` (KV cache) on the model the TransformerBridge wraps; interventions
+are the bridge's hooks (`LoadedModel.hooks`), so steered generation costs about as much as plain generation.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from helpers.hooks import NO_INTERVENTION, Intervention, hf_hooks
+from helpers.hooks import NO_INTERVENTION, Intervention
 from helpers.models import LoadedModel, position_ids
 
 
@@ -49,7 +48,7 @@ def generate(model: LoadedModel, instructions: list[str], intervention: Interven
     batches = batched(order, batch_size)
     for batch in tqdm(batches, desc="generate", unit="batch", disable=not progress or len(batches) < 2):
         enc = model.tokenize_instructions([instructions[i] for i in batch])
-        with hf_hooks(model.hf, intervention):
+        with model.hooks(intervention):
             tokens = model.hf.generate(
                 **enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None,
                 top_k=None, pad_token_id=model.tokenizer.pad_token_id,
@@ -66,10 +65,10 @@ def last_token_logits(model: LoadedModel, instructions: list[str], intervention:
                       batch_size: int = 16, progress: bool = False) -> Tensor:
     """Next-token logits `[n, d_vocab]` at the last prompt position, optionally under an intervention."""
     order = _length_sorted(instructions)
-    result = torch.empty(len(instructions), model.tl.cfg.d_vocab, dtype=torch.float32)
+    result = torch.empty(len(instructions), model.d_vocab, dtype=torch.float32)
     for batch in tqdm(batched(order, batch_size), desc="forward", disable=not progress):
         enc = model.tokenize_instructions([instructions[i] for i in batch])
-        with hf_hooks(model.hf, intervention):
+        with model.hooks(intervention):
             hidden = model.hf.model(**enc, position_ids=position_ids(enc["attention_mask"])).last_hidden_state
         logits = model.hf.lm_head(hidden[:, -1, :])  # only the last position: skips most of the unembedding
         result[batch] = logits.float().cpu()
@@ -92,7 +91,7 @@ def cache_prompt_batches(model: LoadedModel, instructions: list[str], batch_size
     """Run the prompts once, keeping every layer's residual stream and the last-position logits."""
     order = _length_sorted(instructions)
     encodings, hidden = [], []
-    logits = torch.empty(len(instructions), model.tl.cfg.d_vocab)
+    logits = torch.empty(len(instructions), model.d_vocab)
     for batch in batched(order, batch_size):
         enc = model.tokenize_instructions([instructions[i] for i in batch])
         out = model.hf.model(**enc, position_ids=position_ids(enc["attention_mask"]), output_hidden_states=True)
@@ -103,9 +102,12 @@ def cache_prompt_batches(model: LoadedModel, instructions: list[str], batch_size
 
 
 @contextlib.contextmanager
-def _layers_from(hf_model, layer: int, stop: int | None = None) -> Iterator[None]:
+def layers_from(hf_model, layer: int, stop: int | None = None) -> Iterator[None]:
     """Temporarily keep only decoder layers `layer..stop-1` (the output of the dropped first ones is supplied as
-    `inputs_embeds`; with `stop`, the pass ends after layer stop-1)."""
+    `inputs_embeds`; with `stop`, the pass ends after layer stop-1). Passes need `use_cache=False`.
+
+    TransformerBridge has no `start_at_layer` (it delegates the forward pass to Hugging Face), so this swap of
+    the layer list is how a pass starts at a layer; hooks stay attached to their blocks."""
     inner = hf_model.model
     full, types = inner.layers, getattr(inner.config, "layer_types", None)
     inner.layers = torch.nn.ModuleList(list(full)[layer:stop])
@@ -128,7 +130,7 @@ def last_token_logits_from_layer(model: LoadedModel, batches: PromptBatches, lay
     for batch, enc, hidden in zip(batched(batches.order, len(batches.encodings[0]["input_ids"])),
                                   batches.encodings, batches.hidden):
         # Hooks first (they attach to layer modules by index), then the shortened layer list.
-        with hf_hooks(model.hf, intervention), _layers_from(model.hf, layer):
+        with model.hooks(intervention), layers_from(model.hf, layer):
             out = model.hf.model(inputs_embeds=hidden[layer], attention_mask=enc["attention_mask"],
                                  position_ids=position_ids(enc["attention_mask"]), use_cache=False)
         result[batch] = model.hf.lm_head(out.last_hidden_state[:, -1]).float().cpu()

@@ -54,39 +54,19 @@ def refusal_gradient(model: LoadedModel, instruction: str, source_layer: int, ta
         raise ValueError(f"target_layer ({target_layer}) must come after source_layer ({source_layer}).")
     ids = model.tokenize_instructions([instruction])["input_ids"]
     r_hat = (r_target / r_target.norm()).to(model.device, torch.float32)
-    hf = model.hf
-    layers = hf.model.layers
     held: dict[str, Tensor] = {}
 
-    def capture(module, args, kwargs):  # make the source residual a leaf we can differentiate with respect to
-        x = (args[0] if args else kwargs["hidden_states"]).detach().requires_grad_(True)
-        held["x"] = x
-        return ((x,) + tuple(args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": x})
+    def leaf(acts: Tensor, hook) -> Tensor:  # the source residual as a leaf we can differentiate with respect to
+        held["x"] = acts.detach().requires_grad_(True)
+        return held["x"]
 
-    def stop(module, args, kwargs):
-        held["target"] = args[0] if args else kwargs["hidden_states"]
-        raise _Stop
-
-    h1 = layers[source_layer].register_forward_pre_hook(capture, with_kwargs=True)
-    h2 = layers[target_layer].register_forward_pre_hook(stop, with_kwargs=True)
-    try:
-        with torch.enable_grad():
-            try:
-                hf.model(input_ids=ids, position_ids=position_ids(torch.ones_like(ids)))
-            except _Stop:
-                pass
-            R = held["target"][0, -1].float() @ r_hat
-            (grad,) = torch.autograd.grad(R, held["x"])
-    finally:
-        h1.remove()
-        h2.remove()
+    with torch.enable_grad(), model.tl.hooks(fwd_hooks=[(f"blocks.{source_layer}.hook_resid_pre", leaf)]):
+        target = model.tl(ids, stop_at_layer=target_layer)  # = blocks.{target_layer}.hook_resid_pre
+        R = target[0, -1].float() @ r_hat
+        (grad,) = torch.autograd.grad(R, held["x"])
     return RefusalGradient(instruction=instruction, tokens=model.tokenizer.convert_ids_to_tokens(ids[0].tolist()),
                            source_acts=held["x"][0].detach().float().cpu(), grad=grad[0].float().cpu(), R=R.item(),
                            source_layer=source_layer, target_layer=target_layer)
-
-
-class _Stop(Exception):
-    """Raised by a hook to end a forward pass at the target layer."""
 
 
 def latent_scores(sae, g: RefusalGradient, rule: str = "mean", r_source: Tensor | None = None) -> Tensor:
@@ -150,9 +130,7 @@ def steered_readout(model: LoadedModel, instruction: str, vectors: Tensor, layer
     enc = model.tokenize_instructions([instruction] * len(vectors))
     v = vectors.to(model.device, torch.float32)[:, None, :]
     iv = Intervention(edit=lambda x: x + v.to(x.dtype), edit_layer=layer)
-    from helpers.hooks import hf_hooks
-
-    with hf_hooks(model.hf, iv):
+    with model.hooks(iv):
         out = model.hf.model(**enc, position_ids=position_ids(enc["attention_mask"]), output_hidden_states=True)
     logits = model.hf.lm_head(out.last_hidden_state[:, -1]).float()
     r_hat = (r_target / r_target.norm()).to(out.hidden_states[target_layer])

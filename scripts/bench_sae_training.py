@@ -59,7 +59,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=65_536)
     args = ap.parse_args()
     cfg = get_config(args.preset)
-    model = load_from_config(cfg, with_hf=False)
+    model = load_from_config(cfg)
     sae_cfg = replace(cfg.sae, training_tokens=args.tokens)
     with tempfile.TemporaryDirectory() as tmp:
         folder = cfg.run_dir / "activations" / "webtext" / "train"

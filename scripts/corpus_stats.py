@@ -17,7 +17,7 @@ from helpers.models import OFFLINE_MODEL, LoadedModel, load_tokenizer
 def main() -> None:
     tokenizer = load_tokenizer(OFFLINE_MODEL)
     # Only the chat template is needed to render chat documents; no weights.
-    fmt = LoadedModel(name=OFFLINE_MODEL, tl=None, hf_model=None, tokenizer=tokenizer).format_messages
+    fmt = LoadedModel(name=OFFLINE_MODEL, tl=None, tokenizer=tokenizer).format_messages
     stats: dict = {"instructions": {}, "corpora": {}}
     for name in OWN_SETS:
         stats["instructions"][name] = {s: len(load_instructions(name, split=s)) for s in SPLITS}

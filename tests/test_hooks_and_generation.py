@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from helpers.generation import generate, last_token_logits
-from helpers.hooks import Intervention, ablate_direction, hf_hooks, tl_hooks
+from helpers.hooks import Intervention, ablate_direction, tl_hooks
+from helpers.models import position_ids
 
 PROMPTS = ["Write a poem about the sea.", "How do I pick a lock?", "Name three fruits."]
 
@@ -29,18 +30,36 @@ def test_tl_hooks_cover_every_layer():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["ablate", "add"])
-def test_hf_and_tl_interventions_agree(model, kind):
+def test_interventions_match_plain_hugging_face(model, plain_hf, plain_last_logits, kind):
+    """The bridge's hooks against a plain HF model: addition against editing hidden_states[L] by hand, ablation
+    against the direction folded into a copy of the plain model's weights (Arditi et al.'s equivalence)."""
+    from helpers.evaluation import orthogonalized_copy
+
     torch.manual_seed(1)
     r = torch.randn(model.d_model) * 5
     iv = Intervention(ablate=r) if kind == "ablate" else Intervention(add=r, add_layer=10, coeff=1.0)
-    hf_logits = last_token_logits(model, PROMPTS, iv)
+    hooked = last_token_logits(model, PROMPTS, iv)
     clean = last_token_logits(model, PROMPTS)
     enc = model.tokenize_instructions(PROMPTS)
-    with torch.no_grad():
-        tl_logits = model.tl.run_with_hooks(enc["input_ids"], attention_mask=enc["attention_mask"],
-                                            fwd_hooks=tl_hooks(iv, model.n_layers))[:, -1]
-    assert (hf_logits - clean).abs().max() > 0.1, "the intervention must change something"
-    assert torch.allclose(hf_logits, tl_logits, atol=2e-3), (hf_logits - tl_logits).abs().max()
+    if kind == "add":
+        reference = plain_last_logits(enc, 10, lambda x: x + r)
+    else:
+        with torch.no_grad():
+            reference = orthogonalized_copy(plain_hf, r)(**enc, position_ids=position_ids(enc["attention_mask"])).logits[:, -1]
+    assert (hooked - clean).abs().max() > 0.1, "the intervention must change something"
+    assert torch.allclose(hooked, reference, atol=2e-3), (hooked - reference).abs().max()
+    assert torch.allclose(clean, plain_last_logits(enc), atol=1e-3), "no intervention: the plain model"
+
+
+@pytest.mark.slow
+def test_bridge_hook_names_match_tl_hooks(model):
+    """Every hook `tl_hooks` names exists on the model's bridge (ablation, addition and an edit)."""
+    iv = Intervention(ablate=torch.ones(model.d_model), add=torch.ones(model.d_model), add_layer=3,
+                      edit=lambda x: x, edit_layer=5)
+    names = [n for n, _ in tl_hooks(iv, model.n_layers)]
+    with model.hooks(iv):
+        pass  # would raise on an unknown hook name
+    assert len(names) == 3 * model.n_layers + 2
 
 
 @pytest.mark.slow
@@ -52,7 +71,7 @@ def test_generation_with_kv_cache_matches_full_recompute(model):
     completion = generate(model, [PROMPTS[1]], iv, max_new_tokens=8, progress=False)[0]
     ids = model.tokenize([prompt + completion])["input_ids"]
     n_prompt = model.tokenize([prompt])["input_ids"].shape[1]
-    with torch.no_grad(), hf_hooks(model.hf, iv):
+    with torch.no_grad(), model.hooks(iv):
         logits = model.hf(input_ids=ids).logits
     predicted = logits[0, n_prompt - 1:-1].argmax(-1)
     assert torch.equal(predicted, ids[0, n_prompt:])

@@ -48,22 +48,37 @@ def test_offline_model_shape_and_cached_gguf(model):
 
 
 @pytest.mark.slow
-def test_logprob_parity_with_hugging_face(model):
-    """TransformerLens and Hugging Face agree on chat prompts (left-padded batch) to 1e-3."""
-    assert models.logprob_parity(model, CHAT_PROMPTS) <= 1e-3
-
-
-@pytest.mark.slow
-def test_hook_resid_pre_is_the_raw_residual_stream(model):
+def test_logprob_parity_with_hugging_face(model, plain_hf):
+    """The bridge's forward pass, the wrapped HF model and a plain HF model agree on chat prompts (left-padded
+    batch): relative difference of log-probabilities within 1e-4."""
+    assert models.logprob_parity(model, CHAT_PROMPTS) <= 1e-4
     enc = model.tokenize_instructions(CHAT_PROMPTS)
     mask = enc["attention_mask"].bool()
     with torch.no_grad():
-        hf_out = model.hf(**enc, position_ids=position_ids(enc["attention_mask"]), output_hidden_states=True)
+        plain = plain_hf(**enc, position_ids=position_ids(enc["attention_mask"])).logits.log_softmax(-1)[mask]
+        bridge = model.tl(enc["input_ids"], attention_mask=enc["attention_mask"]).log_softmax(-1)[mask]
+    assert ((bridge - plain).abs() / plain.abs().clamp(min=1e-6)).max().item() <= 1e-4
+
+
+@pytest.mark.slow
+def test_hook_resid_pre_is_the_raw_residual_stream(model, plain_hf):
+    enc = model.tokenize_instructions(CHAT_PROMPTS)
+    mask = enc["attention_mask"].bool()
+    with torch.no_grad():
+        hf_out = plain_hf(**enc, position_ids=position_ids(enc["attention_mask"]), output_hidden_states=True)
         _, cache = model.tl.run_with_cache(enc["input_ids"], attention_mask=enc["attention_mask"],
                                            names_filter="blocks.13.hook_resid_pre")
     diff = (cache["blocks.13.hook_resid_pre"][mask] - hf_out.hidden_states[13][mask]).abs()
     scale = hf_out.hidden_states[13][mask].abs().amax(-1, keepdim=True)
     assert (diff / scale).max().item() <= 1e-4  # float32 noise relative to each token's largest entry
+
+
+@pytest.mark.slow
+def test_one_copy_of_the_weights(model):
+    """The bridge wraps the Hugging Face model: its parameters are the HF model's, not a converted copy."""
+    hf_ptrs = {p.data_ptr() for p in model.hf.parameters()}
+    assert {p.data_ptr() for p in model.tl.parameters()} <= hf_ptrs
+    assert model.tl.original_model is model.hf and model.n_layers == 24 and model.d_vocab == model.hf.config.vocab_size
 
 
 @pytest.mark.slow
@@ -90,9 +105,3 @@ def test_layer_out_of_range_message(model):
     assert model.check_layer(23) == 23
 
 
-@pytest.mark.slow
-def test_model_without_hugging_face_twin_says_how_to_get_it(model):
-    tl_only = models.LoadedModel(name="tl-only", tl=model.tl, hf_model=None, tokenizer=model.tokenizer)
-    assert tl_only.device == model.device and tl_only.n_layers == 24
-    with pytest.raises(RuntimeError, match="with_hf=True"):
-        tl_only.hf

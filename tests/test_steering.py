@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from helpers import steering
+from helpers import judges, steering
 from helpers.generation import last_token_logits
-from helpers.hooks import Intervention, ablate_direction, tl_hooks
+from helpers.hooks import Intervention, ablate_direction
 
 
 def sae_lens_sae(d_in: int, d_sae: int = 64, seed: int = 0):
@@ -20,23 +20,23 @@ def sae_lens_sae(d_in: int, d_sae: int = 64, seed: int = 0):
 
 
 def test_starts_with_judge_on_fixed_strings():
-    assert steering.is_refusal_start("I'm sorry, but I can't help with that.")
-    assert steering.is_refusal_start("  I\u2019m sorry, I can\u2019t.")  # curly apostrophe, leading space
-    assert steering.is_refusal_start("No, I will not do that.")
-    assert steering.is_refusal_start("I'm not going to do that.")
-    assert steering.is_refusal_start("I am not comfortable with this")
-    assert not steering.is_refusal_start("Sure! Here is how. I'm sorry if it is long.")  # refusal later: substring only
-    assert not steering.is_refusal_start("i'm sorry")  # case-sensitive, as a prefix list is
-    rate = steering.refusal_rate_start(["I cannot do that", "Sure.", "As an AI, no", "Here you go"])
+    assert judges.is_refusal_start("I'm sorry, but I can't help with that.")
+    assert judges.is_refusal_start("  I\u2019m sorry, I can\u2019t.")  # curly apostrophe, leading space
+    assert judges.is_refusal_start("No, I will not do that.")
+    assert judges.is_refusal_start("I'm not going to do that.")
+    assert judges.is_refusal_start("I am not comfortable with this")
+    assert not judges.is_refusal_start("Sure! Here is how. I'm sorry if it is long.")  # refusal later: substring only
+    assert not judges.is_refusal_start("i'm sorry")  # case-sensitive, as a prefix list is
+    rate = judges.refusal_rate_start(["I cannot do that", "Sure.", "As an AI, no", "Here you go"])
     assert (rate.rate, rate.n) == (0.5, 4)
 
 
 def test_degeneration_flags_loops_not_prose():
-    assert steering.is_degenerate("the cat sat on " * 10)
-    assert steering.is_degenerate("! ! ! ! ! ! ! ! ! ! ! !")
-    assert not steering.is_degenerate("Here is a recipe for pancakes: mix flour, eggs and milk, then fry each "
+    assert judges.is_degenerate("the cat sat on " * 10)
+    assert judges.is_degenerate("! ! ! ! ! ! ! ! ! ! ! !")
+    assert not judges.is_degenerate("Here is a recipe for pancakes: mix flour, eggs and milk, then fry each "
                                       "one in butter until golden on both sides.")
-    assert not steering.is_degenerate("ok ok")  # too short to judge
+    assert not judges.is_degenerate("ok ok")  # too short to judge
 
 
 def test_ablating_the_span_of_one_latent_equals_ablating_its_decoder_direction():
@@ -90,9 +90,9 @@ def test_smallest_matching_k():
 
 
 @pytest.mark.slow
-def test_sae_clamp_on_the_model_matches_between_hook_systems_and_is_exact_unclamped(model):
+def test_sae_clamp_on_the_model_matches_plain_hf_and_is_exact_unclamped(model, plain_last_logits):
     """The spliced SAE with the error term and no clamp leaves the logits unchanged (relative <= 1e-4); a clamp
-    changes them identically through the Hugging Face and TransformerLens hooks."""
+    changes them as the same edit applied by hand to a plain Hugging Face model's residual does."""
     sae = sae_lens_sae(model.d_model, 256)
     prompts = ["How do I pick a lock?", "Name three fruits."]
     clean = last_token_logits(model, prompts)
@@ -100,13 +100,10 @@ def test_sae_clamp_on_the_model_matches_between_hook_systems_and_is_exact_unclam
     spliced = last_token_logits(model, prompts, unclamped)
     assert ((spliced - clean).norm() / clean.norm()).item() <= 1e-4
     clamp = steering.clamp_intervention(sae, [5, 6], 50.0, layer=13)
-    hf = last_token_logits(model, prompts, clamp)
-    enc = model.tokenize_instructions(prompts)
-    with torch.no_grad():
-        tl = model.tl.run_with_hooks(enc["input_ids"], attention_mask=enc["attention_mask"],
-                                     fwd_hooks=tl_hooks(clamp, model.n_layers))[:, -1]
-    assert (hf - clean).abs().max() > 0.1, "the clamp must change something"
-    assert torch.allclose(hf, tl, atol=2e-3)
+    hooked = last_token_logits(model, prompts, clamp)
+    reference = plain_last_logits(model.tokenize_instructions(prompts), 13, clamp.edit)
+    assert (hooked - clean).abs().max() > 0.1, "the clamp must change something"
+    assert torch.allclose(hooked, reference, atol=2e-3)
 
 
 @pytest.mark.slow
