@@ -1,6 +1,7 @@
 """Step 3 of Arditi et al.: test the chosen direction.
 
-- completions and substring refusal rates under ablation / activation addition / subtraction;
+- completions and refusal rates (substring and starts-with judges, degeneration) under ablation / activation
+  addition / subtraction, or any named `Intervention`s (notebook 05's too);
 - weight orthogonalization (the ablation folded into the weights) checked against the hooks;
 - side effects: cross-entropy loss on held-out webtext and chat text;
 - geometry: cosine of last-token activations with the direction.

@@ -23,6 +23,7 @@ from helpers.decomposition import unit_decoder
 from helpers.hooks import Intervention
 from helpers.judges import Rate
 
+
 def latent_directions(sae, latents: Sequence[int]) -> Tensor:
     """The unit decoder rows `[k, d_model]` of `latents`, in the model's units (float32)."""
     latents = list(latents)
@@ -91,13 +92,6 @@ def smallest_matching_k(ks: Sequence[int], rates: Sequence[Rate], target: Rate) 
         if abs(rate.rate - target.rate) <= max(rate.stderr, target.stderr):
             return k
     return None
-
-
-# Kissane et al. (2024), Qwen1.5-0.5B-Chat: qualitative claims (their steering figure has no table).
-PAPER_CLAIMS = {
-    "bypass": "ablating the chat SAE's top refusal latent bypasses refusal about as well as ablating r; "
-              "the Pile SAE's top latent bypasses much less",
-}
 
 
 def load_rankings(run_dir) -> dict[str, dict]:
