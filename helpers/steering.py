@@ -87,9 +87,11 @@ def spliced_output(sae, x: Tensor) -> Tensor:
 
 
 def smallest_matching_k(ks: Sequence[int], rates: Sequence[Rate], target: Rate) -> int | None:
-    """The smallest k whose refusal rate is within one standard error (of either rate) of the target's."""
+    """The smallest k whose bypass matches the target's: a refusal rate at most one standard error (of either rate)
+    above the target's. Lower counts as matching (a stronger bypass; 0/40 against r's 1/40 has a standard error of
+    0, so a two-sided test would call it a miss); whether it is gibberish is the degeneration judge's call."""
     for k, rate in zip(ks, rates):
-        if abs(rate.rate - target.rate) <= max(rate.stderr, target.stderr):
+        if rate.rate - target.rate <= max(rate.stderr, target.stderr):
             return k
     return None
 

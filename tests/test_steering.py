@@ -87,6 +87,8 @@ def test_smallest_matching_k():
     rates = [Rate(0.6, 40), Rate(0.3, 40), Rate(0.15, 40), Rate(0.1, 40)]
     assert steering.smallest_matching_k([1, 2, 4, 8], rates, target) == 4
     assert steering.smallest_matching_k([1, 2], rates[:2], target) is None
+    # a stronger bypass than the target's matches (the offline run: 0/40 against r's 1/40, whose s.e. is 0.025)
+    assert steering.smallest_matching_k([1, 2], [Rate(0.0, 40), Rate(0.0, 40)], Rate(0.025, 40)) == 1
 
 
 @pytest.mark.slow
