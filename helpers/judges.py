@@ -52,7 +52,7 @@ def is_refusal_start(completion: str) -> bool:
 
 def refusal_rate_start(completions: Sequence[str]) -> "Rate":
     """Share of completions that start with a refusal phrase."""
-    return Rate(sum(map(is_refusal_start, completions)) / len(completions), len(completions))
+    return _share(is_refusal_start, completions)
 
 
 def is_degenerate(completion: str, n: int = 4, threshold: float = 0.5) -> bool:
@@ -67,7 +67,8 @@ def is_degenerate(completion: str, n: int = 4, threshold: float = 0.5) -> bool:
 
 
 def degenerate_rate(completions: Sequence[str]) -> "Rate":
-    return Rate(sum(map(is_degenerate, completions)) / len(completions), len(completions))
+    """Share of completions that degenerate (`is_degenerate`)."""
+    return _share(is_degenerate, completions)
 
 
 def wilson_interval(successes: float, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -109,10 +110,15 @@ class Rate:
 
 def refusal_rate(completions: list[str]) -> Rate:
     """Fraction of completions judged refusals by the substring judge."""
+    return _share(is_refusal, completions)
+
+
+def _share(judge, completions: Sequence[str]) -> Rate:
+    """The Rate of completions for which `judge` is true (a bare string or an empty list is refused)."""
     from helpers.instructions import check_instructions
 
     completions = check_instructions(completions, "completions")
-    return Rate(sum(map(is_refusal, completions)) / len(completions), len(completions))
+    return Rate(sum(map(judge, completions)) / len(completions), len(completions))
 
 
 def refusal_token_ids(tokenizer, words: tuple[str, ...] = REFUSAL_START_WORDS) -> list[int]:
@@ -136,7 +142,7 @@ def refusal_metric(logits: Tensor, refusal_ids: list[int], eps: float = 1e-8) ->
 def judge_completions(completions: Sequence[str]) -> dict:
     """All three judges on one condition's completions, as JSON-able rates: `substring` (Arditi et al.),
     `starts_with` (Kissane et al.) and `degenerate`."""
-    return {"substring": refusal_rate(list(completions)).to_dict(),
+    return {"substring": refusal_rate(completions).to_dict(),
             "starts_with": refusal_rate_start(completions).to_dict(),
             "degenerate": degenerate_rate(completions).to_dict()}
 
