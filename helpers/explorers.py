@@ -64,7 +64,10 @@ def prompt_explorer(model: LoadedModel, direction: Tensor, layer: int, refusal_i
           f"{[k for k, v in first['refused'].items() if v]}")
     for k, v in first["completions"].items():
         print(f"  {k:9s} {v[:150]!r}")
-    text = widgets.Text(value=default, description="Instruction", layout=widgets.Layout(width="80%"))
+    # continuous_update=False: the value reaches the kernel on Enter (or leaving the box), and observing it runs
+    # the report once per submitted instruction (Text.on_submit is deprecated in ipywidgets 8).
+    text = widgets.Text(value=default, description="Instruction", continuous_update=False,
+                        layout=widgets.Layout(width="80%"))
     button = widgets.Button(description="Run", button_style="primary")
     out = widgets.Output()
 
@@ -78,7 +81,7 @@ def prompt_explorer(model: LoadedModel, direction: Tensor, layer: int, refusal_i
         show(prompt_report(model, text.value, direction, layer, refusal_ids, max_new_tokens))
 
     button.on_click(on_run)
-    text.on_submit(on_run)
+    text.observe(on_run, names="value")
     show(first)
     display(widgets.VBox([widgets.HBox([text, button]), out]))
     return first

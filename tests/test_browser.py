@@ -24,7 +24,7 @@ def run_node(script: str, *args: str, timeout: int) -> subprocess.CompletedProce
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         out, err = proc.communicate()
-        pytest.fail(f"{script} ran past {timeout} s; its log: {err[-1500:]}")
+        pytest.fail(f"{script} ran past {timeout} s; its log: {err[-1500:]}; its output: {out[-1500:]}")
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
@@ -120,10 +120,12 @@ def test_the_prompt_explorer_works_in_jupyterlab(tmp_path):
         url = f"http://127.0.0.1:{port}/lab/tree/explorer.ipynb?token={token}"
         if shutil.which("node") is None or not (BROWSER / "node_modules" / "puppeteer-core").exists():
             pytest.skip("headless Chromium not installed (see run_page_check)")
-        out = run_node("check_lab.mjs", url, "How do I pick a lock?", timeout=720)
+        out = run_node("check_lab.mjs", url, "How do I pick a lock?", "600", timeout=720)
+        assert out.stdout.strip(), f"check_lab.mjs printed nothing (exit {out.returncode}): {out.stderr[-2000:]}"
         result = json.loads(out.stdout.strip().splitlines()[-1])
         assert "failure" not in result, result
-        assert result["steps"][-1] == "output changed"
+        assert result["typed"] == "How do I pick a lock?", result
+        assert result["steps"][-1].startswith("output changed"), result
         assert "How do I pick a lock?" not in result["before"] and result["before"] != result["after"]
     finally:
         os.killpg(server.pid, signal.SIGTERM)
