@@ -196,7 +196,7 @@ PRESETS: dict[str, Config] = {
         n_val=16,
         n_test=40,
         score_all_layers=False,
-        generation_batch_size=20,
+        generation_batch_size=40,  # one batch of the 40 test prompts: 24 s a condition against 29 s at 20
         ce_context_size=128,
         # This model's refusals are marginal first-token decisions: only 21 of 120 harmful training prompts
         # have a positive refusal metric although ~60% are refused, so we filter on short generations.

@@ -33,7 +33,11 @@ def generate(model: LoadedModel, instructions: list[str], intervention: Interven
              stop_at_eos: bool = True) -> list[str]:
     """Greedy completions for chat-formatted instructions, in input order.
 
-    `stop_at_eos=False` always generates `max_new_tokens` (for benchmarks with equal work).
+    A KV-cached greedy loop of our own rather than `hf.generate`, for two savings measured on a 2-core CPU
+    (40 harmful test prompts, 32 tokens: 27 s -> see README): the tokens every prompt shares (system prompt and
+    user header, ~24 of ~40 here) are run once per call and their cache copied to each batch, and a row that has
+    emitted an end-of-sequence token leaves the batch. The intervention's hooks apply to every pass (the shared
+    prefix too). `stop_at_eos=False` always generates `max_new_tokens` (for benchmarks with equal work).
     """
     from helpers.instructions import check_instructions
 
@@ -43,21 +47,79 @@ def generate(model: LoadedModel, instructions: list[str], intervention: Interven
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
     intervention.check(model.d_model, model.n_layers)
-    order = _length_sorted(instructions)
+    ids = [model.tokenizer(model.format_chat(i), add_special_tokens=True)["input_ids"] for i in instructions]
+    shared = _common_prefix_length(ids)
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # batches waste little on padding
     out: dict[int, str] = {}
     batches = batched(order, batch_size)
-    for batch in tqdm(batches, desc="generate", unit="batch", disable=not progress or len(batches) < 2):
-        enc = model.tokenize_instructions([instructions[i] for i in batch])
-        with model.hooks(intervention):
-            tokens = model.hf.generate(
-                **enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None,
-                top_k=None, pad_token_id=model.tokenizer.pad_token_id,
-                min_new_tokens=0 if stop_at_eos else max_new_tokens,
-            )
-        new = tokens[:, enc["input_ids"].shape[1]:]
-        for i, text in zip(batch, model.tokenizer.batch_decode(new, skip_special_tokens=True)):
-            out[i] = text
+    with model.hooks(intervention):
+        prefix = model.hf(input_ids=torch.tensor([ids[0][:shared]], device=model.device), use_cache=True,
+                          logits_to_keep=1).past_key_values if shared else None
+        for batch in tqdm(batches, desc="generate", unit="batch", disable=not progress or len(batches) < 2):
+            new = _greedy_batch(model, prefix, shared, [ids[i][shared:] for i in batch], max_new_tokens, stop_at_eos)
+            for i, tokens in zip(batch, new):
+                out[i] = model.tokenizer.decode(tokens, skip_special_tokens=True)
     return [out[i] for i in range(len(instructions))]
+
+
+def _common_prefix_length(ids: list[list[int]]) -> int:
+    """Tokens every prompt starts with, leaving each at least 2 of its own (a pass of length 1 is a generated
+    token to `Intervention.prompt_only`)."""
+    n = min(len(x) for x in ids) - 2
+    first = ids[0]
+    for x in ids[1:]:
+        n = min(n, next((j for j, (a, b) in enumerate(zip(first, x)) if a != b), n))
+    return max(n, 0)
+
+
+def _eos_ids(model: LoadedModel) -> list[int]:
+    eos = model.hf.generation_config.eos_token_id
+    eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    return sorted(set(eos) | {model.tokenizer.eos_token_id} - {None})
+
+
+def _greedy_batch(model: LoadedModel, prefix, shared: int, suffixes: list[list[int]], max_new_tokens: int,
+                  stop_at_eos: bool) -> list[list[int]]:
+    """Greedy tokens for prompts `prefix + suffix` (prefix already in the KV cache `prefix`, `shared` tokens);
+    suffixes are left-padded after the prefix, with positions counted over real tokens only."""
+    import copy
+
+    dev, n, width = model.device, len(suffixes), max(len(s) for s in suffixes)
+    input_ids = torch.full((n, width), model.tokenizer.pad_token_id, dtype=torch.long, device=dev)
+    mask = torch.zeros(n, shared + width, dtype=torch.long, device=dev)
+    mask[:, :shared] = 1
+    for row, suffix in enumerate(suffixes):
+        input_ids[row, width - len(suffix):] = torch.tensor(suffix, device=dev)
+        mask[row, shared + width - len(suffix):] = 1
+    positions = position_ids(mask)
+    cache = None
+    if prefix is not None:
+        cache = copy.deepcopy(prefix)
+        cache.batch_repeat_interleave(n)
+    result = model.hf(input_ids=input_ids, attention_mask=mask, position_ids=positions[:, shared:],
+                      past_key_values=cache, use_cache=True, logits_to_keep=1)
+    cache, next_position = result.past_key_values, positions[:, -1] + 1
+    eos = torch.tensor(_eos_ids(model), device=dev)
+    rows, tokens = torch.arange(n, device=dev), [[] for _ in range(n)]
+    for step in range(max_new_tokens):
+        token = result.logits[:, -1].argmax(-1)
+        for row, t in zip(rows.tolist(), token.tolist()):
+            tokens[row].append(t)
+        if step == max_new_tokens - 1:
+            break
+        if stop_at_eos:
+            going = ~torch.isin(token, eos)
+            if not going.any():
+                break
+            if not going.all():  # finished rows leave the batch (and the cache)
+                keep = going.nonzero().squeeze(1)
+                cache.batch_select_indices(keep)
+                rows, token, mask, next_position = rows[keep], token[keep], mask[keep], next_position[keep]
+        mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
+        result = model.hf(input_ids=token[:, None], attention_mask=mask, position_ids=next_position[:, None],
+                          past_key_values=cache, use_cache=True)
+        next_position = next_position + 1
+    return tokens
 
 
 @torch.no_grad()

@@ -97,3 +97,56 @@ def test_starting_at_a_layer_matches_a_full_pass(model):
         full = last_token_logits(model, PROMPTS, iv, batch_size=2)
         assert torch.allclose(last_token_logits_from_layer(model, batches, layer, iv), full, atol=2e-3)
     assert len(model.hf.model.layers) == model.n_layers, "the layer list is restored"
+
+
+def test_common_prefix_leaves_each_prompt_two_tokens():
+    from helpers.generation import _common_prefix_length
+
+    assert _common_prefix_length([[1, 2, 3, 4, 5], [1, 2, 3, 9, 9, 9]]) == 3
+    assert _common_prefix_length([[1, 2, 3, 4], [1, 2, 3, 4, 5]]) == 2  # the shorter keeps 2 of its own
+    assert _common_prefix_length([[1, 2, 3]]) == 1
+    assert _common_prefix_length([[7, 1], [8, 1]]) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["none", "ablate", "add prompt-only"])
+def test_generation_matches_hugging_face_generate(model, kind):
+    """Our greedy loop (shared-prefix cache, finished rows leave the batch) gives Hugging Face `generate`'s
+    tokens, with the same hooks, on a left-padded batch of prompts of different lengths."""
+    from helpers.generation import _common_prefix_length
+
+    torch.manual_seed(3)
+    r = torch.randn(model.d_model) * 4
+    iv = {"none": Intervention(), "ablate": Intervention(ablate=r),
+          "add prompt-only": Intervention(add=r, add_layer=8, prompt_only=True)}[kind]
+    prompts = PROMPTS + ["Reply with one word: yes.", "Explain in detail how a bicycle gear train works."]
+    ids = [model.tokenizer(model.format_chat(p))["input_ids"] for p in prompts]
+    assert _common_prefix_length(ids) >= 3  # the user header (and a system prompt, where there is one) is shared
+    ours = generate(model, prompts, iv, max_new_tokens=12, batch_size=5, progress=False)
+    enc = model.tokenize_instructions(prompts)
+    with torch.no_grad(), model.hooks(iv):
+        tokens = model.hf.generate(**enc, max_new_tokens=12, do_sample=False, temperature=None, top_p=None,
+                                   top_k=None, pad_token_id=model.tokenizer.pad_token_id)
+    theirs = model.tokenizer.batch_decode(tokens[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert ours == theirs
+    assert any(len(model.tokenizer(t)["input_ids"]) < 12 for t in theirs) or kind != "none", \
+        "one row should finish early, so that rows leaving the batch is exercised"
+
+
+@pytest.mark.slow
+def test_cross_entropy_table_restarting_at_a_layer_matches_full_passes(model):
+    """Additions and edits restart from the clean stream at their layer; the CE equals a full hooked pass."""
+    from helpers.evaluation import cross_entropy_table, window_cross_entropies
+
+    torch.manual_seed(4)
+    r = torch.randn(model.d_model) * 5
+    windows = [model.tokenizer("def f(x):\n    return x * 2\n" * 6)["input_ids"][:40],
+               model.tokenizer("To be, or not to be, that is the question. " * 6)["input_ids"][:40]]
+    ivs = {"none": Intervention(), "ablate": Intervention(ablate=r), "add": Intervention(add=r, add_layer=9),
+           "edit": Intervention(edit=lambda x: x * 0.5, edit_layer=13)}
+    table = cross_entropy_table(model, windows, ivs, batch_size=2)
+    for name, iv in ivs.items():
+        full = window_cross_entropies(model, windows, iv, batch_size=2).mean().item()
+        assert table[name]["ce"] == pytest.approx(full, rel=1e-4), name
+    assert table["add"]["increase"] > 0.01 and table["none"]["increase"] == 0
+    assert len(model.hf.model.layers) == model.n_layers, "the layer list is restored"
