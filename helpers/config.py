@@ -116,6 +116,10 @@ class Config:
     webtext_source: str = "offline"
     chat_source: str = "offline"
     sae_corpora: tuple[str, ...] = ("webtext", "chat")
+    # Notebook 02's extra SAEs beside the per-corpus pair: "mixture" (50/50 webtext + chat) and "topk" (per corpus)
+    extra_saes: tuple[str, ...] = ("mixture", "topk")
+    # Starting L1 coefficient per corpus for the L0 search (others start at sae.l1_coefficient)
+    l1_start: tuple[tuple[str, float], ...] = ()
     cache_tokens: int = 2_000_000  # kept training tokens per corpus
     cache_heldout_tokens: int = 65_536
     cache_context_size: int = 256
@@ -147,6 +151,10 @@ class Config:
             "webtext_source": _choice(SOURCE_NAMES), "chat_source": _choice(SOURCE_NAMES),
             "sae_corpora": ((tuple, list), lambda v: len(v) > 0 and all(c in CORPUS_NAMES for c in v),
                             f"a non-empty tuple of corpus names from {list(CORPUS_NAMES)}, e.g. ('webtext', 'chat')"),
+            "extra_saes": ((tuple, list), lambda v: all(x in ("mixture", "topk") for x in v),
+                           "a tuple from ('mixture', 'topk'), or () for the per-corpus SAEs alone"),
+            "l1_start": ((tuple, list), lambda v: all(len(x) == 2 and x[0] in CORPUS_NAMES and x[1] > 0 for x in v),
+                         "pairs (corpus, positive coefficient), e.g. (('chat', 4.7),)"),
             "cache_tokens": pos, "cache_heldout_tokens": pos,
             "cache_context_size": ((int,), lambda v: v >= 2, "an integer >= 2"), "cache_batch_windows": pos,
             "cache_shard_tokens": pos, "cache_dtype": _choice(DTYPES), "drop_first_token": ((bool,), None, "True or False"),
@@ -209,6 +217,14 @@ PRESETS: dict[str, Config] = {
         # tok/s (4,096 latents), so 2 x 400k cached tokens take ~40 min and each 800k-token SAE ~3 min.
         cache_tokens=400_000,
         cache_heldout_tokens=49_152,
+        # The two-hour budget of the main job (issue 15): the per-corpus pair alone. The mixture and TopK SAEs
+        # cost ~6 min of training each (800k tokens at ~2,200 tok/s, the 2-core CPU's compute floor) plus their
+        # evaluation and their share of notebooks 04 and 06, ~30 min in all: run notebook 02 with
+        # EXTRA_SAES = ("mixture", "topk") (or get_config("offline", extra_saes=...)) to add them.
+        extra_saes=(),
+        # The chat SAE's L0 search: from 4.3 it needed a second full-length round (L0 43.1, just outside the
+        # band, then 39.8 at 4.67); starting it at the measured coefficient saves that round (~6 min).
+        l1_start=(("chat", 4.67),),
         # Pilot runs (webtext, 300k tokens): lr 4e-4 left L0 > 100 after 300 steps; lr 1e-3 without an L1
         # warm-up killed 59% of latents; lr 1e-3 with a 5% L1 warm-up gave L0 48, EV 0.69, 1.7% dead.
         # L0 kept falling with training (89 at 150k tokens, 48 at 300k), so the search for the coefficient

@@ -25,6 +25,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from helpers.models import LoadedModel
+from helpers.saes import on_sae
 
 PAPER = {  # Kissane et al. (2024), Qwen1.5-0.5B-Chat, blocks.13.hook_resid_pre, 32,768 latents
     "cosine": {"chat": 0.849, "webtext": 0.596, "base_model_chat": 0.735},
@@ -72,13 +73,13 @@ def unit_decoder(sae) -> Tensor:
 @torch.no_grad()
 def encode(sae, x: Tensor, batch_size: int = 4096) -> Tensor:
     """Latent activations `[n, d_sae]` of raw activations `x` `[n, d_model]`."""
-    return torch.cat([sae.encode(x[b:b + batch_size].float()).float().cpu() for b in range(0, len(x), batch_size)])
+    return torch.cat([sae.encode(on_sae(sae, x[b:b + batch_size])).float().cpu() for b in range(0, len(x), batch_size)])
 
 
 @torch.no_grad()
 def reconstruct(sae, x: Tensor, batch_size: int = 4096) -> Tensor:
     """`decode(encode(x))` in the model's units, `[n, d_model]`."""
-    return torch.cat([sae.decode(sae.encode(x[b:b + batch_size].float())).float().cpu()
+    return torch.cat([sae.decode(sae.encode(on_sae(sae, x[b:b + batch_size]))).float().cpu()
                       for b in range(0, len(x), batch_size)])
 
 
@@ -218,7 +219,7 @@ def heldout_frequency(sae, acts: Tensor, batch_size: int = 4096) -> Tensor:
     """Firing frequency of every latent on cached activations (without holding all latents in memory)."""
     fired = torch.zeros(sae.cfg.d_sae, dtype=torch.float64)
     for b in range(0, len(acts), batch_size):
-        fired += (sae.encode(acts[b:b + batch_size].float()) > 0).double().sum(0).cpu()
+        fired += (sae.encode(on_sae(sae, acts[b:b + batch_size])) > 0).double().sum(0).cpu()
     return fired / len(acts)
 
 
@@ -327,7 +328,8 @@ def load_direction(run_dir) -> tuple[Tensor, dict, Tensor]:
     missing = [str(f) for f in files if not f.exists()]
     if missing:
         raise FileNotFoundError(f"Missing {missing}: run notebook 03 (03_refusal_direction) for this preset first.")
-    return torch.load(files[0]), json.loads(files[1].read_text()), torch.load(files[2])
+    return (torch.load(files[0], map_location="cpu"), json.loads(files[1].read_text()),
+            torch.load(files[2], map_location="cpu"))
 
 
 def sae_folders(run_dir, names: list[str] | None = None) -> dict:

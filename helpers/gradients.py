@@ -27,6 +27,7 @@ from torch import Tensor
 from helpers.decomposition import unit_decoder
 from helpers.hooks import Intervention
 from helpers.models import LoadedModel, position_ids
+from helpers.saes import on_sae
 
 RULES = ("mean", "sum", "last", "cosine", "attribution")
 
@@ -74,13 +75,13 @@ def latent_scores(sae, g: RefusalGradient, rule: str = "mean", r_source: Tensor 
     direction is removed from the gradient first (the r-orthogonal reading)."""
     if rule not in RULES:
         raise ValueError(f"rule must be one of {RULES}, got {rule!r}.")
-    grad = g.grad.double()
+    grad = g.grad.double().cpu()  # scores are computed on the CPU, where unit_decoder puts the decoder
     if r_source is not None:
-        r_hat = (r_source / r_source.norm()).double()
+        r_hat = (r_source / r_source.norm()).double().cpu()
         grad = grad - (grad @ r_hat)[:, None] * r_hat
     if rule == "attribution":
-        f = sae.encode(g.source_acts.to(sae.W_dec.dtype)).detach().double()  # [T, d_sae]
-        return (f * (grad @ sae.W_dec.detach().double().T)).sum(0)
+        f = sae.encode(on_sae(sae, g.source_acts)).detach().double().cpu()  # [T, d_sae]
+        return (f * (grad @ sae.W_dec.detach().double().cpu().T)).sum(0)
     dec = unit_decoder(sae).double()  # [d_sae, d]
     if rule == "last":
         return dec @ grad[-1]

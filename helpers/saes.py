@@ -28,6 +28,11 @@ class SAEMismatchError(ValueError):
     """An SAE does not fit the model or hook it is used with."""
 
 
+def on_sae(sae, x: Tensor) -> Tensor:
+    """`x` as float32 on the SAE's device (cached activations live on the CPU in float16; the SAE may be on a GPU)."""
+    return x.to(device=sae.W_dec.device, dtype=torch.float32)
+
+
 def training_sae(sae_cfg: SAEConfig, d_in: int, hook_name: str, model_name: str, context_size: int,
                  device: str = "cpu"):
     """A fresh sae_lens TrainingSAE of the configured architecture."""
@@ -79,7 +84,8 @@ def _trainer_class():
 
 def train_sae(cache: ActivationCache, sae_cfg: SAEConfig, seed: int = 0, device: str = "cpu",
               n_batches_for_norm_estimate: int = 20):
-    """Train an SAE on a cache with sae_lens' SAETrainer; returns (sae, history, seconds)."""
+    """Train an SAE on a cache with sae_lens' SAETrainer on `device` (the cache's CPU batches move there);
+    returns (sae, history, seconds)."""
     from sae_lens.config import LoggingConfig, SAETrainerConfig
 
     torch.manual_seed(seed)
@@ -110,10 +116,12 @@ def save_sae(sae, folder: Path, extra: dict | None = None) -> Path:
 
 
 def load_sae(source: str | Path, model: LoadedModel | None = None, hook_name: str | None = None,
-             sae_id: str | None = None, device: str = "cpu"):
+             sae_id: str | None = None, device: str | None = None):
     """Load a saved SAE folder or a pretrained sae_lens release (`source=release, sae_id=...`), and check it
-    fits the model (d_in = d_model) and the hook."""
+    fits the model (d_in = d_model) and the hook. `device`: default the model's (else the CPU)."""
     from sae_lens import SAE
+
+    device = device or (str(model.device) if model is not None else "cpu")
 
     path = Path(source)
     looks_like_path = isinstance(source, Path) or str(source).startswith((".", "/", "~")) or "runs/" in str(source)
@@ -152,7 +160,7 @@ def reconstruction_stats(sae, acts: Tensor, batch_size: int = 4096) -> Reconstru
     sse = l0 = 0.0
     fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
     for b in range(0, len(acts), batch_size):
-        x = acts[b:b + batch_size].float()
+        x = on_sae(sae, acts[b:b + batch_size])
         f = sae.encode(x)
         x_hat = sae.decode(f)
         sse += (x - x_hat).pow(2).sum().item()
@@ -213,7 +221,7 @@ def top_activating_examples(sae, acts: Tensor, token_ids: Tensor, positions: Ten
                             k: int = 5, context: int = 12) -> dict[int, list[dict]]:
     """For each latent, the k held-out tokens where it fires most, with up to `context` preceding cached
     tokens of the same window."""
-    feats = torch.cat([sae.encode(acts[b:b + 4096].float())[:, latents] for b in range(0, len(acts), 4096)])
+    feats = torch.cat([sae.encode(on_sae(sae, acts[b:b + 4096]))[:, latents].cpu() for b in range(0, len(acts), 4096)])
     out = {}
     for j, latent in enumerate(latents):
         values, idx = feats[:, j].topk(min(k, len(feats)))
@@ -244,7 +252,7 @@ def examples_html(examples: dict[int, list[dict]], title: str) -> str:
 
 def train_matched(caches: dict[str, ActivationCache], heldout: dict[str, Tensor], sae_cfg: SAEConfig,
                   target_l0: float, tolerance: float = 0.15, max_rounds: int = 3, slope: float = -0.9,
-                  seed: int = 0) -> tuple[dict, dict, dict, list[dict]]:
+                  seed: int = 0, device: str = "cpu") -> tuple[dict, dict, dict, list[dict]]:
     """Train one SAE per corpus at full length and tune each one's L1 coefficient until its L0 on its own
     held-out data is within a factor sqrt(1 + tolerance) of `target_l0` (so two such SAEs differ by at most
     `tolerance`).
@@ -267,7 +275,8 @@ def train_matched(caches: dict[str, ActivationCache], heldout: dict[str, Tensor]
     best: dict[str, tuple[float, float]] = {}  # corpus -> (distance from target in log L0, coefficient)
 
     def fit(corpus: str) -> None:
-        sae, history, seconds = train_sae(caches[corpus], replace(sae_cfg, l1_coefficient=l1[corpus]), seed=seed)
+        sae, history, seconds = train_sae(caches[corpus], replace(sae_cfg, l1_coefficient=l1[corpus]), seed=seed,
+                                           device=device)
         stats = reconstruction_stats(sae, heldout[corpus])
         y = math.log(max(stats.l0, 1e-3))
         points[corpus].append((math.log(l1[corpus]), y))
@@ -312,7 +321,8 @@ def training_key(sae_cfg: SAEConfig, cache, target_l0: float, tolerance: float, 
 
 
 def train_or_reuse(name: str, cache, heldout_tune: Tensor, sae_cfg: SAEConfig, folder: Path, target_l0: float,
-                   tolerance: float = 0.15, max_rounds: int = 3, seed: int = 0, force: bool = False) -> tuple[list, bool]:
+                   tolerance: float = 0.15, max_rounds: int = 3, seed: int = 0, force: bool = False,
+                   device: str = "cpu") -> tuple[list, bool]:
     """Train one SAE with the full-length L0 search (`train_matched`) and save it to `folder`, unless `folder`
     already holds one trained with the same `training_key` (then nothing is trained). Returns (its log rows,
     whether it was reused). `training.json`, which holds the key, is written last, so a run killed while saving
@@ -328,7 +338,7 @@ def train_or_reuse(name: str, cache, heldout_tune: Tensor, sae_cfg: SAEConfig, f
             return saved["log"], True
     record.unlink(missing_ok=True)
     saes, histories, l1, log = train_matched({name: cache}, {name: heldout_tune}, sae_cfg, target_l0,
-                                             tolerance=tolerance, max_rounds=max_rounds, seed=seed)
+                                             tolerance=tolerance, max_rounds=max_rounds, seed=seed, device=device)
     save_sae(saes[name], folder)
     from helpers.files import atomic_write_json
 

@@ -63,9 +63,9 @@ def sae_clamp(sae, latents: Sequence[int], value: float | Tensor | None) -> Call
     def edit(x: Tensor) -> Tensor:
         if value is None or len(idx) == 0:
             return x
-        f = sae.encode(x.to(W_dec.dtype))[..., idx]
+        f = sae.encode(x.to(W_dec))[..., idx]  # the SAE's dtype and device
         change = value.to(f) - f
-        return x + (change @ W_dec[idx]).to(x.dtype)
+        return x + (change @ W_dec[idx]).to(x)
 
     return edit
 
