@@ -116,6 +116,9 @@ class Config:
     webtext_source: str = "offline"
     chat_source: str = "offline"
     sae_corpora: tuple[str, ...] = ("webtext", "chat")
+    # Kissane et al.'s dataset-versus-model comparison: also cache every corpus through this base model and train
+    # per-corpus SAEs on it (`base_<corpus>`), read on the chat model's activations by notebook 04 (None: skip)
+    base_model: str | None = None
     # Notebook 02's extra SAEs beside the per-corpus pair: "mixture" (50/50 webtext + chat) and "topk" (per corpus)
     extra_saes: tuple[str, ...] = ("mixture", "topk")
     # Starting L1 coefficient per corpus for the L0 search (others start at sae.l1_coefficient)
@@ -151,6 +154,7 @@ class Config:
             "webtext_source": _choice(SOURCE_NAMES), "chat_source": _choice(SOURCE_NAMES),
             "sae_corpora": ((tuple, list), lambda v: len(v) > 0 and all(c in CORPUS_NAMES for c in v),
                             f"a non-empty tuple of corpus names from {list(CORPUS_NAMES)}, e.g. ('webtext', 'chat')"),
+            "base_model": ((str, type(None)), lambda v: v is None or bool(v.strip()), "None or a model name or path"),
             "extra_saes": ((tuple, list), lambda v: all(x in ("mixture", "topk") for x in v),
                            "a tuple from ('mixture', 'topk'), or () for the per-corpus SAEs alone"),
             "l1_start": ((tuple, list), lambda v: all(len(x) == 2 and x[0] in CORPUS_NAMES and x[1] > 0 for x in v),
@@ -183,6 +187,14 @@ class Config:
         repo = Path(__file__).resolve().parents[1]
         default = repo / "runs" if (repo / "pyproject.toml").exists() else Path.cwd() / "runs"
         return Path(os.environ.get("REFUSAL_RUNS_DIR", default)) / self.preset
+
+    def base(self) -> "Config":
+        """Kissane et al.'s base-model arm: this configuration with `model=base_model` (its caches get their own
+        folders, since the cache key holds the model)."""
+        if self.base_model is None:
+            raise ConfigError(f"The {self.preset!r} preset has no base model (base_model=None); set base_model, e.g. "
+                              "get_config('paper') uses 'Qwen/Qwen1.5-0.5B'.")
+        return self.replace(model=self.base_model)
 
     def replace(self, **changes) -> "Config":
         """A copy with some fields changed (unknown names are an error)."""
@@ -246,6 +258,7 @@ PRESETS: dict[str, Config] = {
         webtext_source="hub",
         chat_source="hub",
         sae_corpora=("webtext", "chat", "webtext_chat"),
+        base_model="Qwen/Qwen1.5-0.5B",  # Kissane et al.'s base-model SAEs (section 7 of notebook 04)
         # 20M cached tokens (41 GB in float16) trained for ~20 epochs: Kissane et al. streamed 409.6M fresh
         # tokens through the model instead; raise cache_tokens if you have the disk.
         cache_tokens=20_000_000,

@@ -369,3 +369,19 @@ def outlier_tokens(model: LoadedModel, windows: list[list[int]], hook_name: str,
         dropped.update(model.tokenizer.convert_ids_to_tokens(ids[out].tolist()))
     return {"dropped": dict(dropped.most_common()), "share": sum(dropped.values()) / max(kept_total, 1),
             "median_norm": sum(medians) / len(medians)}
+
+
+BASE_PREFIX = "base_"  # notebook 02 names the base model's per-corpus SAEs base_<corpus>
+
+
+def model_by_data(saes: dict, values: dict[str, float]) -> dict[str, dict[str, float]] | None:
+    """Kissane et al.'s dataset-versus-model grid: `{model: {training data: value}}` over the per-corpus standard
+    SAEs (not the mixture or TopK variants), the model read from each SAE's metadata and the data from its name
+    (`chat`, `base_chat`, ...). None when the SAEs come from fewer than two models."""
+    grid: dict[str, dict[str, float]] = {}
+    for name, sae in saes.items():
+        data = name.removeprefix(BASE_PREFIX)
+        if name == "mixture" or data.endswith("_topk") or name not in values:
+            continue
+        grid.setdefault(sae.cfg.metadata.model_name, {})[data] = values[name]
+    return grid if len(grid) >= 2 else None

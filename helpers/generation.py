@@ -33,11 +33,13 @@ def generate(model: LoadedModel, instructions: list[str], intervention: Interven
              stop_at_eos: bool = True) -> list[str]:
     """Greedy completions for chat-formatted instructions, in input order.
 
-    A KV-cached greedy loop of our own rather than `hf.generate`, for two savings measured on a 2-core CPU
-    (40 harmful test prompts, 32 tokens: 27 s -> see README): the tokens every prompt shares (system prompt and
-    user header, ~24 of ~40 here) are run once per call and their cache copied to each batch, and a row that has
-    emitted an end-of-sequence token leaves the batch. The intervention's hooks apply to every pass (the shared
-    prefix too). `stop_at_eos=False` always generates `max_new_tokens` (for benchmarks with equal work).
+    A KV-cached greedy loop of our own rather than `hf.generate`, for two savings (20-30% on a 2-core CPU, see
+    README): the tokens every prompt shares (system prompt and user header, ~24 of ~40 offline) run once per call
+    and their cache is copied to each batch, and a row that has emitted an end-of-sequence token leaves the batch.
+    The intervention's hooks apply to every pass (the shared prefix too). An intervention with an `edit` may treat
+    batch rows differently (`gradients.generate_steered` adds one vector per row), so it gets neither saving: whole
+    left-padded prompts, every row kept to the end. Batches are in `_length_sorted` order.
+    `stop_at_eos=False` always generates `max_new_tokens` (for benchmarks with equal work).
     """
     from helpers.instructions import check_instructions
 
@@ -48,18 +50,31 @@ def generate(model: LoadedModel, instructions: list[str], intervention: Interven
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
     intervention.check(model.d_model, model.n_layers)
     ids = [model.tokenizer(model.format_chat(i), add_special_tokens=True)["input_ids"] for i in instructions]
-    shared = _common_prefix_length(ids)
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # batches waste little on padding
+    rows_alike = intervention.edit is None  # an edit may be a function of the batch row
+    shared = _common_prefix_length(ids) if rows_alike else 0
     out: dict[int, str] = {}
-    batches = batched(order, batch_size)
+    batches = batched(_length_sorted(instructions), batch_size)
     with model.hooks(intervention):
         prefix = model.hf(input_ids=torch.tensor([ids[0][:shared]], device=model.device), use_cache=True,
                           logits_to_keep=1).past_key_values if shared else None
         for batch in tqdm(batches, desc="generate", unit="batch", disable=not progress or len(batches) < 2):
-            new = _greedy_batch(model, prefix, shared, [ids[i][shared:] for i in batch], max_new_tokens, stop_at_eos)
+            new = _greedy_batch(model, prefix, shared, [ids[i][shared:] for i in batch], max_new_tokens, stop_at_eos,
+                                drop_finished=rows_alike)
             for i, tokens in zip(batch, new):
                 out[i] = model.tokenizer.decode(tokens, skip_special_tokens=True)
     return [out[i] for i in range(len(instructions))]
+
+
+@torch.no_grad()
+def reference_generate(model: LoadedModel, instructions: list[str], intervention: Intervention = NO_INTERVENTION,
+                       max_new_tokens: int = 16) -> list[str]:
+    """Hugging Face's own greedy `generate` on one left-padded batch under the same hooks: the reference that
+    `generate` is checked against (tests, scripts/check_gpu.py), not for experiments."""
+    enc = model.tokenize_instructions(instructions)
+    with model.hooks(intervention):
+        tokens = model.hf.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None,
+                                   top_p=None, top_k=None, pad_token_id=model.tokenizer.pad_token_id)
+    return model.tokenizer.batch_decode(tokens[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
 def _common_prefix_length(ids: list[list[int]]) -> int:
@@ -79,9 +94,11 @@ def _eos_ids(model: LoadedModel) -> list[int]:
 
 
 def _greedy_batch(model: LoadedModel, prefix, shared: int, suffixes: list[list[int]], max_new_tokens: int,
-                  stop_at_eos: bool) -> list[list[int]]:
+                  stop_at_eos: bool, drop_finished: bool = True) -> list[list[int]]:
     """Greedy tokens for prompts `prefix + suffix` (prefix already in the KV cache `prefix`, `shared` tokens);
-    suffixes are left-padded after the prefix, with positions counted over real tokens only."""
+    suffixes are left-padded after the prefix, with positions counted over real tokens only. A row stops at its
+    end-of-sequence token (kept, as `generate` decodes without special tokens); with `drop_finished` it also
+    leaves the batch, else it runs on unrecorded until every row is done."""
     import copy
 
     dev, n, width = model.device, len(suffixes), max(len(s) for s in suffixes)
@@ -99,22 +116,21 @@ def _greedy_batch(model: LoadedModel, prefix, shared: int, suffixes: list[list[i
     result = model.hf(input_ids=input_ids, attention_mask=mask, position_ids=positions[:, shared:],
                       past_key_values=cache, use_cache=True, logits_to_keep=1)
     cache, next_position = result.past_key_values, positions[:, -1] + 1
-    eos = torch.tensor(_eos_ids(model), device=dev)
+    eos_ids = set(_eos_ids(model))
     rows, tokens = torch.arange(n, device=dev), [[] for _ in range(n)]
+    done = [False] * n
     for step in range(max_new_tokens):
         token = result.logits[:, -1].argmax(-1)
         for row, t in zip(rows.tolist(), token.tolist()):
-            tokens[row].append(t)
-        if step == max_new_tokens - 1:
+            if not done[row]:
+                tokens[row].append(t)
+                done[row] = stop_at_eos and t in eos_ids
+        if step == max_new_tokens - 1 or all(done):
             break
-        if stop_at_eos:
-            going = ~torch.isin(token, eos)
-            if not going.any():
-                break
-            if not going.all():  # finished rows leave the batch (and the cache)
-                keep = going.nonzero().squeeze(1)
-                cache.batch_select_indices(keep)
-                rows, token, mask, next_position = rows[keep], token[keep], mask[keep], next_position[keep]
+        if drop_finished and any(done[row] for row in rows.tolist()):  # finished rows leave the batch (and cache)
+            keep = torch.tensor([i for i, row in enumerate(rows.tolist()) if not done[row]], device=dev)
+            cache.batch_select_indices(keep)
+            rows, token, mask, next_position = rows[keep], token[keep], mask[keep], next_position[keep]
         mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
         result = model.hf(input_ids=token[:, None], attention_mask=mask, position_ids=next_position[:, None],
                           past_key_values=cache, use_cache=True)

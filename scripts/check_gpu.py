@@ -100,7 +100,7 @@ def main() -> None:
     from helpers.decomposition import encode, reconstruct
     from helpers.directions import candidate_directions, post_instruction_positions
     from helpers.evaluation import cross_entropy_table, window_cross_entropies
-    from helpers.generation import generate, last_token_logits
+    from helpers.generation import generate, last_token_logits, reference_generate
     from helpers.gradients import latent_scores, refusal_gradient
     from helpers.hooks import Intervention
     from helpers.models import load_model, logprob_parity
@@ -126,11 +126,7 @@ def main() -> None:
            "add prompt-only": Intervention(add=r, add_layer=layer, prompt_only=True)}
     for name, iv in ivs.items():
         ours = generate(model, PROMPTS, iv, max_new_tokens=16, batch_size=16, progress=False)
-        enc = model.tokenize_instructions(PROMPTS)
-        with torch.no_grad(), model.hooks(iv):
-            tokens = model.hf.generate(**enc, max_new_tokens=16, do_sample=False, temperature=None, top_p=None,
-                                       top_k=None, pad_token_id=model.tokenizer.pad_token_id)
-        theirs = model.tokenizer.batch_decode(tokens[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        theirs = reference_generate(model, PROMPTS, iv, max_new_tokens=16)
         same = sum(a == b for a, b in zip(ours, theirs))
         check(f"generate = hf.generate ({name})", same >= len(PROMPTS) - 1, identical=f"{same}/{len(PROMPTS)}")
 

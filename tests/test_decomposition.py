@@ -123,3 +123,19 @@ def test_reloaded_sae_reconstructs_raw_activations_in_model_units(tmp_path):
     assert mse == pytest.approx(reconstruction_stats(loaded, x).mse, rel=1e-5)
     assert dec.explained_variance(x, x_hat) == pytest.approx(reconstruction_stats(loaded, x).explained_variance, abs=1e-6)
     assert dec.explained_variance(x, x_hat) > 0.5
+
+
+def test_model_by_data_grid_needs_two_models():
+    from types import SimpleNamespace
+
+    from helpers.decomposition import model_by_data
+
+    def sae(model):
+        return SimpleNamespace(cfg=SimpleNamespace(metadata=SimpleNamespace(model_name=model)))
+
+    saes = {"webtext": sae("chat-model"), "chat": sae("chat-model"), "mixture": sae("chat-model"),
+            "chat_topk": sae("chat-model"), "base_webtext": sae("base-model"), "base_chat": sae("base-model")}
+    values = {"webtext": 0.596, "chat": 0.849, "mixture": 0.7, "chat_topk": 0.8, "base_webtext": 0.5, "base_chat": 0.735}
+    grid = model_by_data(saes, values)
+    assert grid == {"chat-model": {"webtext": 0.596, "chat": 0.849}, "base-model": {"webtext": 0.5, "chat": 0.735}}
+    assert model_by_data({k: saes[k] for k in ("webtext", "chat", "mixture")}, values) is None

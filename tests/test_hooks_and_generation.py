@@ -113,7 +113,7 @@ def test_common_prefix_leaves_each_prompt_two_tokens():
 def test_generation_matches_hugging_face_generate(model, kind):
     """Our greedy loop (shared-prefix cache, finished rows leave the batch) gives Hugging Face `generate`'s
     tokens, with the same hooks, on a left-padded batch of prompts of different lengths."""
-    from helpers.generation import _common_prefix_length
+    from helpers.generation import _common_prefix_length, reference_generate
 
     torch.manual_seed(3)
     r = torch.randn(model.d_model) * 4
@@ -123,11 +123,7 @@ def test_generation_matches_hugging_face_generate(model, kind):
     ids = [model.tokenizer(model.format_chat(p))["input_ids"] for p in prompts]
     assert _common_prefix_length(ids) >= 3  # the user header (and a system prompt, where there is one) is shared
     ours = generate(model, prompts, iv, max_new_tokens=12, batch_size=5, progress=False)
-    enc = model.tokenize_instructions(prompts)
-    with torch.no_grad(), model.hooks(iv):
-        tokens = model.hf.generate(**enc, max_new_tokens=12, do_sample=False, temperature=None, top_p=None,
-                                   top_k=None, pad_token_id=model.tokenizer.pad_token_id)
-    theirs = model.tokenizer.batch_decode(tokens[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    theirs = reference_generate(model, prompts, iv, max_new_tokens=12)
     assert ours == theirs
     assert any(len(model.tokenizer(t)["input_ids"]) < 12 for t in theirs) or kind != "none", \
         "one row should finish early, so that rows leaving the batch is exercised"

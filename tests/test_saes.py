@@ -100,7 +100,8 @@ def test_train_matched_keeps_the_round_closest_to_the_target(monkeypatch):
     from helpers import saes as saes_module
 
     l0s = iter([45.0, 20.0])
-    monkeypatch.setattr(saes_module, "train_sae", lambda cache, cfg, seed=0: (f"sae@{cfg.l1_coefficient}", [], 0.1))
+    monkeypatch.setattr(saes_module, "train_sae",
+                        lambda cache, cfg, seed=0, device="cpu": (f"sae@{cfg.l1_coefficient}", [], 0.1))
     monkeypatch.setattr(saes_module, "reconstruction_stats",
                         lambda sae, acts: saes_module.ReconstructionStats(next(l0s), 0.8, 0.1, 0.0, 10))
     saes, _, l1, log = train_matched({"a": None}, {"a": None}, TINY, target_l0=40, tolerance=0.15, max_rounds=2)
