@@ -22,6 +22,14 @@ DTYPES = ("float32", "float16", "bfloat16")
 HOOK_PATTERN = re.compile(r"^blocks\.\d+\.hook_resid_pre$")
 
 
+def paper_pair(names) -> tuple[str, str] | None:
+    """Kissane et al.'s comparison among these SAE (or corpus) names: (the webtext-side one, "chat"), or None.
+    Their "Pile" SAE saw Pile text in the chat format, so `webtext_chat` stands for it where present, else `webtext`."""
+    names = set(names)
+    side = "webtext_chat" if "webtext_chat" in names else "webtext" if "webtext" in names else None
+    return (side, "chat") if side and "chat" in names else None
+
+
 class ConfigError(ValueError):
     """A configuration field has the wrong type, range or name."""
 
@@ -187,6 +195,15 @@ class Config:
         repo = Path(__file__).resolve().parents[1]
         default = repo / "runs" if (repo / "pyproject.toml").exists() else Path.cwd() / "runs"
         return Path(os.environ.get("REFUSAL_RUNS_DIR", default)) / self.preset
+
+    @property
+    def sae_pair(self) -> tuple[str, str]:
+        """The two SAEs Kissane et al. compare, from `sae_corpora` (see `paper_pair`)."""
+        pair = paper_pair(self.sae_corpora)
+        if pair is None:
+            raise ConfigError(f"sae_corpora={self.sae_corpora} has no webtext-side corpus and chat pair: add 'chat' and "
+                              "'webtext' or 'webtext_chat'.")
+        return pair
 
     def base(self) -> "Config":
         """Kissane et al.'s base-model arm: this configuration with `model=base_model` (its caches get their own

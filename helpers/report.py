@@ -14,7 +14,7 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
-from helpers.config import PRESETS, get_config
+from helpers.config import PRESETS, get_config, paper_pair
 from helpers.files import atomic_write_text
 
 SECTIONS = [  # (notebook file, results folder, title)
@@ -86,41 +86,44 @@ def claims(run_dir: Path) -> list[dict]:
         rows.append({"paper": "Arditi et al. 2024", "claim": "refusal is mediated by one direction",
                      "paper's number": "—", "this run": "not run", "held": None})
     dc = _load(run_dir, "decompose_refusal_direction")
-    if dc and {"chat", "webtext"} <= set(dc["faithfulness"][dc["headline"]]["saes"]):
+    pair = paper_pair(dc["faithfulness"][dc["headline"]]["saes"]) if dc else None
+    if pair:
+        web = pair[0]  # the SAE that stands for Kissane et al.'s Pile SAE
         f = dc["faithfulness"][dc["headline"]]
-        diff = f["differences"].get("chat - webtext")
+        diff = f["differences"].get(f"chat - {web}")
         mc = dc["max_decoder_cosine"]
         k = dc["smallest_k"]
         rows += [
-            {"paper": "Kissane et al. 2024", "claim": "the chat SAE reconstructs r more faithfully (cosine)",
+            {"paper": "Kissane et al. 2024", "claim": f"the chat SAE reconstructs r more faithfully than the {web} SAE (cosine)",
              "paper's number": "0.849 vs 0.596", "this run": f"{_ci(f['saes']['chat']['cosine'])} vs "
-             f"{_ci(f['saes']['webtext']['cosine'])}; difference {_ci(diff['cosine'])} (n={f['n_harmful']}+{f['n_harmless']})",
+             f"{_ci(f['saes'][web]['cosine'])}; difference {_ci(diff['cosine'])} (n={f['n_harmful']}+{f['n_harmless']})",
              "held": diff["cosine"]["ci95"][0] > 0},
             {"paper": "Kissane et al. 2024", "claim": "the chat SAE's best latent is closer to r (max decoder cosine)",
-             "paper's number": "0.678 vs 0.411", "this run": f"{mc['chat']['cosine']:.3f} vs {mc['webtext']['cosine']:.3f}",
-             "held": mc["chat"]["cosine"] > mc["webtext"]["cosine"]},
+             "paper's number": "0.678 vs 0.411", "this run": f"{mc['chat']['cosine']:.3f} vs {mc[web]['cosine']:.3f}",
+             "held": mc["chat"]["cosine"] > mc[web]["cosine"]},
             {"paper": "Kissane et al. 2024", "claim": "the chat SAE reconstructs r more sparsely (k for relative MSE ≤ 0.5)",
              "paper's number": "fewer latents for chat",
-             "this run": f"{k['chat'].get('k for rel. MSE ≤ 0.5 (top Δ)')} vs {k['webtext'].get('k for rel. MSE ≤ 0.5 (top Δ)')}",
-             "held": _fewer(k["chat"].get("k for rel. MSE ≤ 0.5 (top Δ)"), k["webtext"].get("k for rel. MSE ≤ 0.5 (top Δ)"))},
+             "this run": f"{k['chat'].get('k for rel. MSE ≤ 0.5 (top Δ)')} vs {k[web].get('k for rel. MSE ≤ 0.5 (top Δ)')}",
+             "held": _fewer(k["chat"].get("k for rel. MSE ≤ 0.5 (top Δ)"), k[web].get("k for rel. MSE ≤ 0.5 (top Δ)"))},
         ]
     else:
         rows.append({"paper": "Kissane et al. 2024", "claim": "SAEs are dataset dependent", "paper's number": "—",
                      "this run": "not run", "held": None})
     st = _load(run_dir, "steering")
-    if st and {"chat", "webtext"} <= set(st["saes"]):
-        b = st["bypass"]
+    pair = paper_pair(st["saes"]) if st else None
+    if pair:
+        b, side = st["bypass"], pair[0]
         r_abl, chat, web = (b["ablate r"]["substring"], b["ablate chat top latent"]["substring"],
-                            b["ablate webtext top latent"]["substring"])
+                            b[f"ablate {side} top latent"]["substring"])
         rows += [
             {"paper": "Kissane et al. 2024", "claim": "ablating the chat SAE's top latent bypasses refusal about as well as r",
              "paper's number": "close to r's ablation", "this run": f"{_rate(chat)} vs r {_rate(r_abl)}",
              "held": abs(chat["rate"] - r_abl["rate"]) <= max(chat["stderr"], r_abl["stderr"])},
-            {"paper": "Kissane et al. 2024", "claim": "the Pile (webtext) SAE's top latent bypasses less than the chat SAE's",
+            {"paper": "Kissane et al. 2024", "claim": f"the Pile ({side}) SAE's top latent bypasses less than the chat SAE's",
              "paper's number": "well above r's ablation", "this run": f"{_rate(web)} vs chat {_rate(chat)}",
              "held": web["rate"] > chat["rate"] + max(web["stderr"], chat["stderr"])},
-            {"paper": "this project", "claim": "latents needed to match r's bypass (within 1 s.e.; chat vs webtext, Δ ranking)",
-             "paper's number": "—", "this run": f"{st['matching_k'].get('chat (delta)')} vs {st['matching_k'].get('webtext (delta)')}",
+            {"paper": "this project", "claim": f"latents needed to match r's bypass (within 1 s.e.; chat vs {side}, Δ ranking)",
+             "paper's number": "—", "this run": f"{st['matching_k'].get('chat (delta)')} vs {st['matching_k'].get(f'{side} (delta)')}",
              "held": None},
         ]
     else:

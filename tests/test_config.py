@@ -68,3 +68,16 @@ def test_cuda_on_a_cpu_machine_fails_at_once_with_advice():
         pytest.skip("this machine has a GPU")
     with pytest.raises(ConfigError, match="no CUDA GPU: use device='cpu'"):
         get_config("paper").check_device()
+
+
+def test_paper_pair_prefers_the_chat_format_webtext():
+    """Kissane et al.'s Pile SAE saw Pile text in the chat format: webtext_chat stands for it where present."""
+    from helpers.config import paper_pair
+
+    assert paper_pair(["webtext", "chat"]) == ("webtext", "chat")
+    assert paper_pair(["chat", "webtext", "webtext_chat", "mixture"]) == ("webtext_chat", "chat")
+    assert paper_pair(["webtext", "mixture"]) is None
+    assert get_config("paper").sae_pair == ("webtext_chat", "chat")
+    assert get_config("offline").sae_pair[1] == "chat"
+    with pytest.raises(ConfigError, match="webtext"):
+        _ = get_config("offline").replace(sae_corpora=("chat",)).sae_pair

@@ -147,6 +147,15 @@ def test_steering_and_gradient_claims_read_their_results(tmp_path):
     assert rows["ablating the chat SAE's top latent bypasses refusal about as well as r"]["held"] is True
     assert rows["the Pile (webtext) SAE's top latent bypasses less than the chat SAE's"]["held"] is True
     assert rows["adding top gradient latents raises refusal, negative ones lower it (chat SAE)"]["held"] is True
+    # with webtext_chat beside webtext, the chat-format SAE stands for Kissane et al.'s Pile SAE, which bypasses as
+    # well as the chat SAE's here: the claim does not hold
+    (tmp_path / "steering" / "results.json").write_text(json.dumps({
+        "saes": {"chat": {}, "webtext": {}, "webtext_chat": {}}, "matching_k": {"chat (delta)": 2},
+        "bypass": {"ablate r": {"substring": rate(0.1)}, "ablate chat top latent": {"substring": rate(0.15)},
+                   "ablate webtext top latent": {"substring": rate(0.5)},
+                   "ablate webtext_chat top latent": {"substring": rate(0.15)}}}))
+    rows = {r["claim"]: r for r in claims(tmp_path)}
+    assert rows["the Pile (webtext_chat) SAE's top latent bypasses less than the chat SAE's"]["held"] is False
 
 
 def test_fingerprint_follows_only_the_helpers_a_notebook_uses(tmp_path):
