@@ -25,7 +25,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from helpers.models import LoadedModel
-from helpers.saes import on_sae
+from helpers.saes import encode_batches, on_sae
 
 PAPER = {  # Kissane et al. (2024), Qwen1.5-0.5B-Chat, blocks.13.hook_resid_pre, 32,768 latents
     "cosine": {"chat": 0.849, "webtext": 0.596, "base_model_chat": 0.735},
@@ -70,10 +70,9 @@ def unit_decoder(sae) -> Tensor:
     return w / w.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
-@torch.no_grad()
 def encode(sae, x: Tensor, batch_size: int = 4096) -> Tensor:
     """Latent activations `[n, d_sae]` of raw activations `x` `[n, d_model]`."""
-    return torch.cat([sae.encode(on_sae(sae, x[b:b + batch_size])).float().cpu() for b in range(0, len(x), batch_size)])
+    return torch.cat(list(encode_batches(sae, x, batch_size)))
 
 
 @torch.no_grad()
@@ -218,8 +217,8 @@ def firing_frequency(f: Tensor) -> Tensor:
 def heldout_frequency(sae, acts: Tensor, batch_size: int = 4096) -> Tensor:
     """Firing frequency of every latent on cached activations (without holding all latents in memory)."""
     fired = torch.zeros(sae.cfg.d_sae, dtype=torch.float64)
-    for b in range(0, len(acts), batch_size):
-        fired += (sae.encode(on_sae(sae, acts[b:b + batch_size])) > 0).double().sum(0).cpu()
+    for f in encode_batches(sae, acts, batch_size):
+        fired += (f > 0).double().sum(0)
     return fired / len(acts)
 
 

@@ -87,10 +87,10 @@ def _common_prefix_length(ids: list[list[int]]) -> int:
     return max(n, 0)
 
 
-def _eos_ids(model: LoadedModel) -> list[int]:
+def _eos_ids(model: LoadedModel) -> set[int]:
     eos = model.hf.generation_config.eos_token_id
     eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
-    return sorted(set(eos) | {model.tokenizer.eos_token_id} - {None})
+    return set(eos) | {model.tokenizer.eos_token_id} - {None}
 
 
 def _greedy_batch(model: LoadedModel, prefix, shared: int, suffixes: list[list[int]], max_new_tokens: int,
@@ -116,7 +116,7 @@ def _greedy_batch(model: LoadedModel, prefix, shared: int, suffixes: list[list[i
     result = model.hf(input_ids=input_ids, attention_mask=mask, position_ids=positions[:, shared:],
                       past_key_values=cache, use_cache=True, logits_to_keep=1)
     cache, next_position = result.past_key_values, positions[:, -1] + 1
-    eos_ids = set(_eos_ids(model))
+    eos_ids = _eos_ids(model)
     rows, tokens = torch.arange(n, device=dev), [[] for _ in range(n)]
     done = [False] * n
     for step in range(max_new_tokens):

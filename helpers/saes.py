@@ -12,6 +12,7 @@ import html
 import json
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,14 @@ class SAEMismatchError(ValueError):
 def on_sae(sae, x: Tensor) -> Tensor:
     """`x` as float32 on the SAE's device (cached activations live on the CPU in float16; the SAE may be on a GPU)."""
     return x.to(device=sae.W_dec.device, dtype=torch.float32)
+
+
+@torch.no_grad()
+def encode_batches(sae, x: Tensor, batch_size: int = 4096) -> Iterator[Tensor]:
+    """Latent activations of raw activations `x` `[n, d_model]`, one float32 CPU batch `[b, d_sae]` at a time
+    (a held-out cache's whole latent matrix need not fit in memory)."""
+    for b in range(0, len(x), batch_size):
+        yield sae.encode(on_sae(sae, x[b:b + batch_size])).float().cpu()
 
 
 def training_sae(sae_cfg: SAEConfig, d_in: int, hook_name: str, model_name: str, context_size: int,
@@ -221,7 +230,7 @@ def top_activating_examples(sae, acts: Tensor, token_ids: Tensor, positions: Ten
                             k: int = 5, context: int = 12) -> dict[int, list[dict]]:
     """For each latent, the k held-out tokens where it fires most, with up to `context` preceding cached
     tokens of the same window."""
-    feats = torch.cat([sae.encode(on_sae(sae, acts[b:b + 4096]))[:, latents].cpu() for b in range(0, len(acts), 4096)])
+    feats = torch.cat([f[:, latents] for f in encode_batches(sae, acts)])
     out = {}
     for j, latent in enumerate(latents):
         values, idx = feats[:, j].topk(min(k, len(feats)))
