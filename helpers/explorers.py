@@ -45,6 +45,22 @@ def _projection_figure(report: dict, layer: int) -> go.Figure:
     return fig
 
 
+def _set_outputs(out, *bundles: dict) -> None:
+    """Show mime bundles in an Output widget by setting its state. Not `with out:` or `out.clear_output()`: under
+    nbclient (papermill, nbmake) those make the client send comm messages to the kernel while the cell runs, and
+    with ipykernel 7 the cell's execute_reply was then lost (notebook 04 waited forever, twice in a few runs)."""
+    out.outputs = tuple({"output_type": "display_data", "data": b, "metadata": {}} for b in bundles)
+
+
+def _figure_bundle(fig: go.Figure) -> dict:
+    """A plotly figure as a mime bundle: plotly's own mimetype (JupyterLab's plotly extension) and HTML that loads
+    plotly.js from its CDN (Colab, classic notebook)."""
+    import plotly.io as pio
+
+    return {**pio.renderers["plotly_mimetype"].to_mimebundle(fig.to_dict()),
+            "text/html": fig.to_html(include_plotlyjs="cdn", full_html=False)}
+
+
 def _completions_html(report: dict) -> str:
     cells = "".join(f"<td style='vertical-align:top;width:33%'><b>{k}</b> "
                     f"({'refuses' if report['refused'][k] else 'complies'})<pre style='white-space:pre-wrap'>"
@@ -57,7 +73,7 @@ def prompt_explorer(model: LoadedModel, direction: Tensor, layer: int, refusal_i
     """Type an instruction; see its refusal metric, projection on r at every layer, and greedy completions with
     no intervention, ablation and addition side by side. Prints the default's result; returns it."""
     import ipywidgets as widgets
-    from IPython.display import HTML, display
+    from IPython.display import display
 
     first = prompt_report(model, default, direction, layer, refusal_ids, max_new_tokens)
     print(f"{default!r}: refusal metric {first['refusal_metric']:+.2f}; refuses with "
@@ -72,10 +88,8 @@ def prompt_explorer(model: LoadedModel, direction: Tensor, layer: int, refusal_i
     out = widgets.Output()
 
     def show(report: dict) -> None:
-        out.clear_output()
-        with out:
-            display(HTML(_completions_html(report)))
-            _projection_figure(report, layer).show()
+        _set_outputs(out, {"text/html": _completions_html(report), "text/plain": "completions"},
+                     _figure_bundle(_projection_figure(report, layer)))
 
     def on_run(_=None) -> None:
         show(prompt_report(model, text.value, direction, layer, refusal_ids, max_new_tokens))
@@ -109,7 +123,7 @@ def latent_explorer(model: LoadedModel, saes: dict, r: Tensor, deltas: dict, exa
     top-activating contexts (`examples[sae][latent]`, where computed) and the effect of ablating or adding it
     on a few instructions. Prints the default SAE's result; returns it."""
     import ipywidgets as widgets
-    from IPython.display import HTML, display
+    from IPython.display import display
 
     first_sae = next(iter(saes))
     first = latent_report(model, saes[first_sae], defaults[first_sae], r, deltas[first_sae],
@@ -124,17 +138,15 @@ def latent_explorer(model: LoadedModel, saes: dict, r: Tensor, deltas: dict, exa
     out = widgets.Output()
 
     def show(report: dict) -> None:
-        out.clear_output()
         rows = "".join(f"<tr><td>{html.escape(i)}</td>" + "".join(
             f"<td><pre style='white-space:pre-wrap'>{html.escape(report['completions'][k][j][:200])}</pre></td>"
             for k in report["completions"]) + "</tr>" for j, i in enumerate(instructions))
         head = "".join(f"<th>{html.escape(k)} ({v:.0%} refuse)</th>" for k, v in report["refusal_rate"].items())
         ex = "".join(f"<li>{html.escape(src)}: " + " · ".join(html.escape(e["token"]) for e in rows_[:5]) + "</li>"
                      for src, rows_ in report["examples"].items())
-        with out:
-            display(HTML(f"<p>latent {report['latent']}: cosine with r {report['cosine']:.3f}, Δ activation "
-                         f"{report['delta_activation']:.3f}</p><ul>{ex}</ul><table><tr><th>instruction</th>{head}</tr>"
-                         f"{rows}</table>"))
+        _set_outputs(out, {"text/html": f"<p>latent {report['latent']}: cosine with r {report['cosine']:.3f}, Δ "
+                                         f"activation {report['delta_activation']:.3f}</p><ul>{ex}</ul><table><tr>"
+                                         f"<th>instruction</th>{head}</tr>{rows}</table>", "text/plain": "latent report"})
 
     def on_sae(change) -> None:
         pick_latent.max = saes[change["new"]].cfg.d_sae - 1
