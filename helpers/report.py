@@ -82,6 +82,20 @@ def claims(run_dir: Path) -> list[dict]:
                                                          f"{rd['orthogonalization_relative_difference']:.1e}",
              "held": rd["orthogonalization_relative_difference"] <= 1e-4},
         ]
+        pub = rd.get("public_refusal_rate") or {}  # the same on Arditi et al.'s public splits, where present
+        for split in dict.fromkeys(k.rsplit(" · ", 1)[0] for k in pub):
+            side, stem = split.split(" · ")
+            if side == "harmful":
+                b, a = pub[f"{split} · none"], pub[f"{split} · ablation"]
+                rows.append({"paper": "Arditi et al. 2024", "claim": f"the same, public split {stem}",
+                             "paper's number": "refusal score ~0.9 → ~0.05 (JailbreakBench)",
+                             "this run": f"{_rate(b)} → {_rate(a)}",
+                             "held": a["ci95"][1] < b["ci95"][0] and a["rate"] <= b["rate"] / 4})
+            else:
+                a = pub[f"{split} · actadd"]
+                rows.append({"paper": "Arditi et al. 2024", "claim": f"adding r induces refusal, public split {stem}",
+                             "paper's number": "most harmless prompts refused (Alpaca)",
+                             "this run": f"{_rate(pub[f'{split} · none'])} → {_rate(a)}", "held": a["rate"] >= 0.5})
     else:
         rows.append({"paper": "Arditi et al. 2024", "claim": "refusal is mediated by one direction",
                      "paper's number": "—", "this run": "not run", "held": None})
@@ -176,6 +190,11 @@ def _section_body(run_dir: Path, folder: str) -> str:
             arrayminus=[100 * (v["rate"] - v["ci95"][0]) for v in vals])))
         fig.update_layout(title="Refusal rate on held-out prompts (95% Wilson CI)", yaxis_title="%", yaxis_range=[0, 105])
         parts.append(_figure(fig))
+        if res.get("public_refusal_rate"):
+            parts.append("<p>The same on Arditi et al.'s public splits (HarmBench validation, their AdvBench-mix "
+                         "training file, Alpaca):</p>")
+            parts.append(_table([{"split · condition": k, "refusal rate [95% CI]": _rate(v)}
+                                 for k, v in res["public_refusal_rate"].items()]))
         scores = _load(run_dir, folder, "selection_scores.json")
         if scores:
             fig = go.Figure()

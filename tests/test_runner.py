@@ -194,3 +194,31 @@ def test_a_notebook_reruns_only_when_a_notebook_it_reads_changed(tmp_path, monke
     make_notebook(nbs / "01_cache_activations.ipynb", f"open({str(log)!r}, 'a').write('01b ')")
     run_notebooks("smoke", folder=nbs, log_output=False)
     assert log.read_text() == "00 01 02 00b 01b 02 "
+
+
+def test_public_split_claims_sit_beside_ours(tmp_path):
+    """Notebook 03's headline on Arditi et al.'s public splits gets its own claims, decided on its own numbers."""
+    from helpers.report import claims
+
+    rate = lambda r, n=40: {"rate": r, "ci95": [max(0, r - 0.1), min(1, r + 0.1)], "n": n}  # noqa: E731
+    folder = tmp_path / "refusal_direction"
+    folder.mkdir()
+    results = {"direction": {"layer": 15, "position": -1, "bypass_score": -2.9, "induce_score": 0.1, "kl_score": 0.05},
+               "refusal_rate": {"harmful · none": rate(0.55), "harmful · ablation": rate(0.03),
+                                "harmless · actadd": rate(0.8)},
+               "orthogonalization_relative_difference": 6e-7,
+               "public_refusal_rate": {"harmful · harmful_val · none": rate(0.8, 39),
+                                       "harmful · harmful_val · ablation": rate(0.45, 39),
+                                       "harmless · harmless_val · none": rate(0.0),
+                                       "harmless · harmless_val · actadd": rate(0.6)}}
+    (folder / "results.json").write_text(json.dumps(results))
+    rows = {r["claim"]: r for r in claims(tmp_path)}
+    assert rows["ablating r removes refusal on harmful prompts"]["held"] is True
+    public = rows["the same, public split harmful_val"]
+    assert public["held"] is False and "80.0%" in public["this run"] and "(n=39)" in public["this run"]
+    assert rows["adding r induces refusal, public split harmless_val"]["held"] is True
+    from helpers.report import _section_body
+    assert "harmful · harmful_val · ablation" in _section_body(tmp_path, "refusal_direction")
+    results.pop("public_refusal_rate")  # a run without the public splits has no such rows
+    (folder / "results.json").write_text(json.dumps(results))
+    assert not any("public split" in r["claim"] for r in claims(tmp_path))
