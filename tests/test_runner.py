@@ -80,6 +80,8 @@ def test_notebooks_are_clean_and_parameterised(path):
     """Committed without outputs, one `parameters` cell that papermill parses (one `=` per line), PRESET in it."""
     from papermill.translators import PythonTranslator
 
+    raw = json.loads(path.read_text())
+    assert all("id" in c for c in raw["cells"]), "every cell needs an id (nbformat 4.5): nbformat.validator.normalize"
     nb = nbformat.read(path, as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert all(not c.outputs and c.execution_count is None for c in code), "clear the outputs before committing"
