@@ -117,7 +117,8 @@ def claims(run_dir: Path) -> list[dict]:
              "held": mc["chat"]["cosine"] > mc[web]["cosine"]},
             {"paper": "Kissane et al. 2024", "claim": "the chat SAE reconstructs r more sparsely (k for relative MSE ≤ 0.5)",
              "paper's number": "fewer latents for chat",
-             "this run": f"{k['chat'].get('k for rel. MSE ≤ 0.5 (top Δ)')} vs {k[web].get('k for rel. MSE ≤ 0.5 (top Δ)')}",
+             "this run": f"{_k_text(k['chat'].get('k for rel. MSE ≤ 0.5 (top Δ)'))} vs "
+                         f"{_k_text(k[web].get('k for rel. MSE ≤ 0.5 (top Δ)'))}",
              "held": _fewer(k["chat"].get("k for rel. MSE ≤ 0.5 (top Δ)"), k[web].get("k for rel. MSE ≤ 0.5 (top Δ)"))},
         ]
     else:
@@ -160,7 +161,18 @@ def claims(run_dir: Path) -> list[dict]:
     return rows
 
 
+def _reached(k) -> float | None:
+    """A smallest-k entry of notebook 04 (None or NaN: no k in the sweep reached the threshold)."""
+    return None if k is None or k != k else k
+
+
+def _k_text(k) -> str:
+    return "not reached" if _reached(k) is None else f"{k:.0f}"
+
+
 def _fewer(a, b) -> bool | None:
+    """Whether k = a is fewer latents than k = b, an unreached threshold counting as more than any k."""
+    a, b = _reached(a), _reached(b)
     if a is None and b is None:
         return None
     return b is None or (a is not None and a < b)

@@ -224,3 +224,12 @@ def test_public_split_claims_sit_beside_ours(tmp_path):
     results.pop("public_refusal_rate")  # a run without the public splits has no such rows
     (folder / "results.json").write_text(json.dumps(results))
     assert not any("public split" in r["claim"] for r in claims(tmp_path))
+
+
+def test_smallest_k_claims_read_unreached_thresholds():
+    """notebook 04 writes NaN where no k in the sweep reached the threshold: that is more latents than any k."""
+    from helpers.report import _fewer, _k_text
+
+    assert _k_text(256.0) == "256" and _k_text(float("nan")) == "not reached" and _k_text(None) == "not reached"
+    assert _fewer(256.0, float("nan")) is True and _fewer(float("nan"), 256.0) is False
+    assert _fewer(float("nan"), None) is None and _fewer(512.0, 256.0) is False
