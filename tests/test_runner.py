@@ -233,3 +233,42 @@ def test_smallest_k_claims_read_unreached_thresholds():
     assert _k_text(256.0) == "256" and _k_text(float("nan")) == "not reached" and _k_text(None) == "not reached"
     assert _fewer(256.0, float("nan")) is True and _fewer(float("nan"), 256.0) is False
     assert _fewer(float("nan"), None) is None and _fewer(512.0, 256.0) is False
+
+
+def test_fingerprint_follows_data_files_and_library_versions(tmp_path, monkeypatch):
+    """Editing an instruction set or upgrading a library reruns the notebooks; the public splits count only for a
+    notebook that reads them."""
+    import importlib.metadata
+
+    from helpers import instructions, runner
+
+    data = tmp_path / "data"
+    (data / "instructions").mkdir(parents=True)
+    (data / "instructions" / "harmful.json").write_text('[{"instruction": "a", "category": "x"}]')
+    public = tmp_path / "public"
+    public.mkdir()
+    (public / "harmful_val.json").write_text("[]")
+    monkeypatch.setattr(instructions, "DATA_ROOT", data)
+    monkeypatch.setenv("REFUSAL_PUBLIC_INSTRUCTIONS", str(public))
+    pkg = tmp_path / "helpers"
+    pkg.mkdir()
+    for name in ("__init__", "config", "public_splits", "a"):
+        (pkg / f"{name}.py").write_text("")
+    plain, reader = tmp_path / "01_x.ipynb", tmp_path / "03_y.ipynb"
+    make_notebook(plain, "from helpers import a")
+    make_notebook(reader, "from helpers import public_splits")
+    fp = {nb: runner.fingerprint(nb, "smoke", "", pkg) for nb in (plain, reader)}
+    assert runner.fingerprint(plain, "smoke", "", pkg) == fp[plain], "deterministic"
+
+    (data / "instructions" / "harmful.json").write_text('[{"instruction": "b", "category": "x"}]')
+    fp2 = {nb: runner.fingerprint(nb, "smoke", "", pkg) for nb in (plain, reader)}
+    assert fp2[plain] != fp[plain] and fp2[reader] != fp[reader]
+
+    (public / "harmful_val.json").write_text('[{"instruction": "c", "category": null}]')
+    assert runner.fingerprint(plain, "smoke", "", pkg) == fp2[plain]
+    assert runner.fingerprint(reader, "smoke", "", pkg) != fp2[reader]
+
+    real = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "9.9.9" if name == "sae-lens" else real(name))
+    assert runner.library_versions()["sae-lens"] == "9.9.9"
+    assert runner.fingerprint(plain, "smoke", "", pkg) != fp2[plain]
