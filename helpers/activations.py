@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from helpers.corpora import document_separator_id, iter_texts, token_windows
-from helpers.files import atomic_write, atomic_write_json
+from helpers.files import atomic_write, atomic_write_json, pause_point
 from helpers.models import LoadedModel
 
 MANIFEST = "manifest.json"
@@ -257,6 +257,7 @@ def _flush(folder: Path, manifest: Manifest, acts: list, ids: list, pos: list, n
     manifest.tokens += n
     manifest.seconds = seconds
     atomic_write_json(folder / MANIFEST, asdict(manifest))
+    pause_point("cache_shard")
 
 
 class ActivationCache:
@@ -324,6 +325,7 @@ class ActivationCache:
                 acts = torch.cat([self.shard(i)["activations"] for i in order[g:g + mix_shards]]).float()
                 perm = torch.randperm(len(acts), generator=rng)
                 for b in range(0, len(acts) - batch_size + 1, batch_size):
+                    pause_point("sae_batch")
                     yield acts[perm[b:b + batch_size]]
 
 

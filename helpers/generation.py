@@ -14,7 +14,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from helpers.files import pause_point
 from helpers.hooks import NO_INTERVENTION, Intervention
+from helpers.instructions import check_instructions
 from helpers.models import LoadedModel, position_ids
 
 
@@ -41,8 +43,6 @@ def generate(model: LoadedModel, instructions: list[str], intervention: Interven
     left-padded prompts, every row kept to the end. Batches are in `_length_sorted` order.
     `stop_at_eos=False` always generates `max_new_tokens` (for benchmarks with equal work).
     """
-    from helpers.instructions import check_instructions
-
     instructions = check_instructions(instructions)
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}.")
@@ -75,6 +75,45 @@ def reference_generate(model: LoadedModel, instructions: list[str], intervention
         tokens = model.hf.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None,
                                    top_p=None, top_k=None, pad_token_id=model.tokenizer.pad_token_id)
     return model.tokenizer.batch_decode(tokens[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+@torch.no_grad()
+def generate_with_hf(model: LoadedModel, instructions: list[str], intervention: Intervention = NO_INTERVENTION,
+                     max_new_tokens: int = 64, batch_size: int = 16, stop_at_eos: bool = True) -> list[str]:
+    """`generate`'s batches and shared prefix, with Hugging Face's `generate` doing the decoding: the prefix's KV
+    cache is computed once, copied into each batch's `generate` call, and finished rows stay in the batch (HF pads
+    them). `scripts/bench_generation.py` times it against `generate`'s own loop."""
+    import copy
+
+    instructions = check_instructions(instructions)
+    intervention.check(model.d_model, model.n_layers)
+    ids = [model.tokenizer(model.format_chat(i), add_special_tokens=True)["input_ids"] for i in instructions]
+    shared = _common_prefix_length(ids) if intervention.edit is None else 0
+    pad, dev, out = model.tokenizer.pad_token_id, model.device, {}
+    eos = None if stop_at_eos else -1  # -1: no token ends a row, so every row runs max_new_tokens
+    with model.hooks(intervention):
+        prefix = model.hf(input_ids=torch.tensor([ids[0][:shared]], device=dev), use_cache=True,
+                          logits_to_keep=1).past_key_values if shared else None
+        for batch in batched(_length_sorted(instructions), batch_size):
+            width = max(len(ids[i]) for i in batch)
+            input_ids = torch.full((len(batch), width), pad, dtype=torch.long, device=dev)
+            mask = torch.zeros_like(input_ids)
+            for row, i in enumerate(batch):  # the prefix at the front, the rest left-padded behind it
+                suffix = ids[i][shared:]
+                input_ids[row, :shared] = torch.tensor(ids[i][:shared])
+                input_ids[row, width - len(suffix):] = torch.tensor(suffix)
+                mask[row, :shared] = 1
+                mask[row, width - len(suffix):] = 1
+            cache = None
+            if prefix is not None:
+                cache = copy.deepcopy(prefix)
+                cache.batch_repeat_interleave(len(batch))
+            tokens = model.hf.generate(input_ids=input_ids, attention_mask=mask, past_key_values=cache,
+                                       max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None,
+                                       top_k=None, pad_token_id=pad, **({} if eos is None else {"eos_token_id": eos}))
+            for i, row in zip(batch, tokens[:, width:]):
+                out[i] = model.tokenizer.decode(row, skip_special_tokens=True)
+    return [out[i] for i in range(len(instructions))]
 
 
 def _common_prefix_length(ids: list[list[int]]) -> int:
@@ -120,6 +159,7 @@ def _greedy_batch(model: LoadedModel, prefix, shared: int, suffixes: list[list[i
     rows, tokens = torch.arange(n, device=dev), [[] for _ in range(n)]
     done = [False] * n
     for step in range(max_new_tokens):
+        pause_point("generate_step")
         token = result.logits[:, -1].argmax(-1)
         for row, t in zip(rows.tolist(), token.tolist()):
             if not done[row]:

