@@ -35,8 +35,8 @@ def generate(model: LoadedModel, instructions: list[str], intervention: Interven
              stop_at_eos: bool = True) -> list[str]:
     """Greedy completions for chat-formatted instructions, in input order.
 
-    A KV-cached greedy loop of our own rather than `hf.generate`, for two savings (20-30% on a 2-core CPU, see
-    README): the tokens every prompt shares (system prompt and user header, ~24 of ~40 offline) run once per call
+    A KV-cached greedy loop of our own rather than `hf.generate`, for two savings (measured against `hf.generate` from the same
+    prefix cache by scripts/bench_generation.py; docs/benchmarks.md): the tokens every prompt shares (system prompt and user header, ~24 of ~40 offline) run once per call
     and their cache is copied to each batch, and a row that has emitted an end-of-sequence token leaves the batch.
     The intervention's hooks apply to every pass (the shared prefix too). An intervention with an `edit` may treat
     batch rows differently (`gradients.generate_steered` adds one vector per row), so it gets neither saving: whole

@@ -108,11 +108,12 @@ def overlap_at_k(a: Tensor, b: Tensor, k: int = 10) -> float:
 
 
 def spearman(a: Tensor, b: Tensor) -> float:
-    """Spearman rank correlation of two score vectors (ties broken by order)."""
-    ra = a.argsort().argsort().double()
-    rb = b.argsort().argsort().double()
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    return float((ra @ rb) / (ra.norm() * rb.norm()))
+    """Spearman rank correlation of two score vectors, tied values sharing their average rank
+    (`scipy.stats.spearmanr`; attribution scores are mostly exact zeros, so ties matter). NaN when either is
+    constant."""
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a.detach().double().cpu().numpy(), b.detach().double().cpu().numpy()).statistic)
 
 
 def position_alignment(g: RefusalGradient, direction: Tensor) -> Tensor:

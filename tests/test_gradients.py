@@ -69,6 +69,21 @@ def test_overlap_and_spearman():
     assert [k for k, _ in tops["positive"]] == [19, 18, 17] and [k for k, _ in tops["negative"]] == [0, 1, 2]
 
 
+def test_spearman_averages_tied_ranks():
+    """Ties share their average rank: by hand, x = [1,1,1,1,2] ranks [2.5,2.5,2.5,2.5,5] and y = [5,4,3,2,6] ranks
+    [4,3,2,1,5]; Pearson of those ranks = 5 / sqrt(5 * 10) = 0.7071. Ranking by argsort (ties by position) gave 0."""
+    x, y = torch.tensor([1.0, 1, 1, 1, 2]), torch.tensor([5.0, 4, 3, 2, 6])
+    assert grads.spearman(x, y) == pytest.approx(5 / (5 * 10) ** 0.5, abs=1e-12)
+    sparse = torch.zeros(50)
+    sparse[[3, 7]] = torch.tensor([2.0, -1.0])
+    other = torch.zeros(50)
+    other[[3, 9]] = torch.tensor([1.0, 4.0])
+    ranks = lambda v: torch.tensor([(v < x).sum() + ((v == x).sum() + 1) / 2 for x in v], dtype=torch.float64)
+    ra, rb = ranks(sparse), ranks(other)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    assert grads.spearman(sparse, other) == pytest.approx(float(ra @ rb / (ra.norm() * rb.norm())), abs=1e-12)
+
+
 def test_separation_is_cohens_d():
     harmful = torch.tensor([[1.0, 0.0], [3.0, 0.0]])
     harmless = torch.tensor([[-1.0, 0.0], [-3.0, 0.0]])

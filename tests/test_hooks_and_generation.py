@@ -113,7 +113,7 @@ def test_common_prefix_leaves_each_prompt_two_tokens():
 def test_generation_matches_hugging_face_generate(model, kind):
     """Our greedy loop (shared-prefix cache, finished rows leave the batch) gives Hugging Face `generate`'s
     tokens, with the same hooks, on a left-padded batch of prompts of different lengths."""
-    from helpers.generation import _common_prefix_length, reference_generate
+    from helpers.generation import _common_prefix_length, generate_with_hf, reference_generate
 
     torch.manual_seed(3)
     r = torch.randn(model.d_model) * 4
@@ -125,6 +125,8 @@ def test_generation_matches_hugging_face_generate(model, kind):
     ours = generate(model, prompts, iv, max_new_tokens=12, batch_size=5, progress=False)
     theirs = reference_generate(model, prompts, iv, max_new_tokens=12)
     assert ours == theirs
+    # generate_with_hf (the benchmark's other side: HF's generate from the same prefix cache) gives them too
+    assert generate_with_hf(model, prompts, iv, max_new_tokens=12, batch_size=5) == theirs
     assert any(len(model.tokenizer(t)["input_ids"]) < 12 for t in theirs) or kind != "none", \
         "one row should finish early, so that rows leaving the batch is exercised"
 
