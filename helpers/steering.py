@@ -5,9 +5,9 @@ cross-entropy code as notebook 03's:
 - a latent's unit decoder row ablated everywhere the refusal direction is (`latent_ablation`), or the span
   of k latents' rows (subspace ablation);
 - a latent's row, scaled to a norm, added at the SAE's layer (`latent_addition`);
-- the SAE spliced in at its hook with the error term kept and some latents clamped (`sae_clamp`): the
-  residual becomes x + decode(f') − decode(f), where f = encode(x) and f' is f with the clamped latents set
-  to a value, so with nothing clamped the model is unchanged.
+- the SAE spliced in at its hook with the error term kept and some latents clamped (`sae_clamp`, through
+  sae_lens' own forward): the residual becomes decode(f') + (x − decode(f)), where f = encode(x) and f' is f with the
+  clamped latents set to a value, so with nothing clamped the model is unchanged.
 Conditions are judged by `helpers.evaluation.evaluate_refusal`: Arditi et al.'s substring judge, Kissane et al.'s
 starts-with judge and a degeneration check (`helpers.judges`), so that a "bypass" that is only gibberish shows up.
 """
@@ -49,10 +49,12 @@ def latent_addition(sae, latent: int, layer: int, norm: float, prompt_only: bool
 
 def sae_clamp(sae, latents: Sequence[int], value: float | Tensor | None) -> Callable[[Tensor], Tensor]:
     """The residual edit of an SAE spliced in with the error term, with `latents` clamped to `value`
-    (a number, or one per latent; `None` clamps nothing): x ↦ x + decode(f') − decode(f).
+    (a number, or one per latent; `None` clamps nothing): x ↦ decode(f') + (x − decode(f)), f = encode(x) and f'
+    the same with the clamped latents set to `value`.
 
-    Only the clamped latents change, so this is x + Σₖ (value_k − f_k(x)) · W_dec[k], computed in one decode
-    of the difference (the decoder bias cancels)."""
+    Computed by sae_lens' own forward pass (`use_error_term=True`, a hook on `hook_sae_acts_post` setting the
+    latents), so whatever the SAE does at run time (activation normalisation, its own decode) is included. With
+    nothing clamped it returns x itself."""
     idx = torch.tensor(list(latents), dtype=torch.long)
     if value is not None:
         value = torch.as_tensor(value, dtype=torch.float32)
@@ -60,12 +62,22 @@ def sae_clamp(sae, latents: Sequence[int], value: float | Tensor | None) -> Call
             raise ValueError(f"value must be one number or one per latent ({len(idx)}), got shape {tuple(value.shape)}.")
     W_dec = sae.W_dec.detach()
 
+    def set_latents(acts: Tensor, hook=None) -> Tensor:
+        acts = acts.clone()
+        acts[..., idx] = value.to(acts)
+        return acts
+
     def edit(x: Tensor) -> Tensor:
         if value is None or len(idx) == 0:
             return x
-        f = sae.encode(x.to(W_dec))[..., idx]  # the SAE's dtype and device
-        change = value.to(f) - f
-        return x + (change @ W_dec[idx]).to(x)
+        previous = sae.use_error_term
+        sae.use_error_term = True
+        try:
+            with sae.hooks(fwd_hooks=[("hook_sae_acts_post", set_latents)]):
+                out = sae(x.to(W_dec))  # the SAE's dtype and device
+        finally:
+            sae.use_error_term = previous
+        return out.to(x)
 
     return edit
 

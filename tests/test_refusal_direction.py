@@ -88,6 +88,14 @@ def test_kl_is_zero_for_identical_and_positive_otherwise():
     assert (kl_last_token(a, a + torch.randn(3, 11)) > 0).all()
 
 
+def test_kl_by_hand_and_its_direction():
+    """KL(clean || other): p = softmax([0, ln 3]) = [1/4, 3/4], q = [1/2, 1/2]:
+    1/4 ln(1/2) + 3/4 ln(3/2) = 0.130812...; the other way round, 1/2 ln 2 + 1/2 ln(2/3) = 0.143841..."""
+    p, q = torch.tensor([[0.0, math.log(3)]]), torch.zeros(1, 2)
+    assert kl_last_token(p, q).item() == pytest.approx(0.25 * math.log(0.5) + 0.75 * math.log(1.5), abs=1e-12)
+    assert kl_last_token(q, p).item() == pytest.approx(0.5 * math.log(2) + 0.5 * math.log(2 / 3), abs=1e-12)
+
+
 @pytest.fixture(scope="module")
 def shared_prompts(instruction_dir):
     """Prompts from public-format files through the local-file option (as a user would pass them): the small
@@ -182,3 +190,57 @@ def test_training_prompt_filters_partition_prompts(model):
     assert filter_training_prompts(model, prompts, prompts[:1], None, ids) == (prompts, prompts[:1])
     with pytest.raises(ValueError, match="valid: 'metric'"):
         filter_training_prompts(model, prompts, prompts, "vibes", ids)
+
+
+@pytest.mark.slow
+def test_one_candidates_bypass_induce_and_kl_recomputed_by_hand(model, plain_hf, plain_last_logits):
+    """score_candidates against the three scores written out on a plain Hugging Face model: bypass = mean refusal
+    log-odds on the *harmful* prompts with r projected out of every layer's input, attention and MLP output (module
+    hooks of our own); induce = the same on the *harmless* prompts with r added at its layer; KL = KL(clean ||
+    ablated) on the harmless prompts. Swapping the sets, the sign of r, or the KL's direction breaks equality."""
+    harmful = instructions_only(load_instructions("harmful", split="val", n=4))
+    harmless = instructions_only(load_instructions("harmless", split="val", n=4))
+    layer = 10
+    torch.manual_seed(5)
+    r = torch.randn(model.d_model) * 2
+    diffs = torch.zeros(1, model.n_layers, model.d_model, dtype=torch.float64)
+    diffs[0, layer] = r.double()
+    ids = refusal_token_ids(model.tokenizer)
+    scores = score_candidates(model, diffs, [-1], harmful, harmless, ids)
+    assert int(torch.isfinite(scores.bypass).sum()) == 1, "only the one non-zero candidate is scored"
+
+    unit = r / r.norm()
+
+    def project(h):
+        return h - (h @ unit)[..., None] * unit
+
+    def log_odds(logits):
+        p = torch.softmax(logits.double(), -1)[:, ids].sum(-1)
+        return (torch.log(p + 1e-8) - torch.log(1 - p + 1e-8)).mean().item()
+
+    def ablated_logits(prompts):
+        handles = []
+        for block in plain_hf.model.layers:
+            handles.append(block.register_forward_pre_hook(
+                lambda m, args, kwargs: ((project(args[0]),) + args[1:], kwargs) if args else
+                (args, {**kwargs, "hidden_states": project(kwargs["hidden_states"])}), with_kwargs=True))
+            for sub in (block.self_attn, block.mlp):
+                handles.append(sub.register_forward_hook(
+                    lambda m, inp, out: (project(out[0]),) + tuple(out[1:]) if isinstance(out, tuple) else project(out)))
+        try:
+            return plain_last_logits(model.tokenize_instructions(prompts))
+        finally:
+            for h in handles:
+                h.remove()
+
+    with torch.no_grad():
+        bypass = log_odds(ablated_logits(harmful))
+        induce = log_odds(plain_last_logits(model.tokenize_instructions(harmless), layer, lambda h: h + r))
+        clean = plain_last_logits(model.tokenize_instructions(harmless))
+        ablated = ablated_logits(harmless)
+        lp, lq = torch.log_softmax(clean.double(), -1), torch.log_softmax(ablated.double(), -1)
+        kl = (lp.exp() * (lp - lq)).sum(-1).mean().item()
+    assert scores.bypass[0, layer].item() == pytest.approx(bypass, abs=2e-3)
+    assert scores.induce[0, layer].item() == pytest.approx(induce, abs=2e-3)
+    assert scores.kl[0, layer].item() == pytest.approx(kl, abs=1e-3 + 0.02 * kl)
+    assert abs(bypass - log_odds(ablated_logits(harmless))) > 0.05, "the two sets must tell a swap apart"

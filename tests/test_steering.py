@@ -80,6 +80,43 @@ def test_clamping_a_latent_to_its_own_activation_is_a_no_op():
     assert torch.allclose(zeroed, expected, atol=1e-5), "clamping to 0 removes f_k * W_dec[k], nothing else"
 
 
+def _error_term_splice(sae, x, latents, values):
+    """sae_lens' own splice, written out: decode(f') + (x - decode(f)) with f' = f, `latents` set to `values`."""
+    with torch.no_grad():  # a layer_norm SAE keeps its input's statistics from one encode for one decode
+        clamped = sae.encode(x).clone()
+        clamped[..., latents] = torch.as_tensor(values, dtype=clamped.dtype)
+        steered = sae.decode(clamped)
+        return steered + (x - sae.decode(sae.encode(x)))
+
+
+@pytest.mark.parametrize("normalize", ["none", "layer_norm"])
+def test_a_multi_latent_clamp_equals_sae_lens_error_term_splice(normalize):
+    """A non-zero clamp of two latents (to different values) through `sae_clamp` equals sae_lens' splice with the
+    error term, also for an SAE that normalises its input at run time (layer_norm), where
+    x + (v - f) @ W_dec[idx] would be wrong by the normalisation's scale."""
+    from sae_lens import StandardSAE, StandardSAEConfig
+
+    torch.manual_seed(1)
+    sae = StandardSAE(StandardSAEConfig(d_in=16, d_sae=64, dtype="float32", device="cpu",
+                                        normalize_activations=normalize))
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.normal_(0, 0.2)
+    x = torch.randn(2, 5, 16) * 3 + 1
+    latents, values = [4, 11], [2.5, 0.0]
+    got = steering.sae_clamp(sae, latents, torch.tensor(values))(x)
+    expected = _error_term_splice(sae, x, latents, values)
+    assert (got - x).abs().max() > 0.1, "the clamp changes the residual"
+    assert torch.allclose(got, expected, atol=1e-5)
+    f = sae.encode(x)
+    if normalize == "layer_norm":
+        sae.decode(f)  # consumes the statistics encode kept
+    naive = x + (torch.tensor(values) - f[..., latents]) @ sae.W_dec.detach()[latents]
+    if normalize == "layer_norm":
+        assert not torch.allclose(naive, expected, atol=1e-3), "the fixture must tell the two formulas apart"
+    assert not sae.use_error_term, "the SAE is left as it was"
+
+
 def test_smallest_matching_k():
     from helpers.judges import Rate
 
