@@ -42,6 +42,51 @@ def test_exact_reconstruction_gives_cosine_1_and_relative_mse_0():
     assert g["cosine"] < 0.99 and g["relative_mse"] > 0.01
 
 
+def test_a_known_shift_of_one_sides_reconstruction_gives_the_closed_form():
+    """Reconstructing the harmful side as x + s and the harmless side exactly gives r_hat = r + s, so
+    cosine = r·(r+s) / (|r||r+s|) and relative MSE = |s|² / |r|²; shifting the harmless side instead gives r - s.
+    An implementation that reconstructed one side only, or compared the wrong sides, gives other numbers."""
+    torch.manual_seed(7)
+    h, hl = torch.randn(40, 8).double() + 1, torch.randn(40, 8).double()
+    r = h.mean(0) - hl.mean(0)
+    s = torch.randn(8).double() * 0.7
+    f = dec.faithfulness(h, hl, h + s, hl)
+    assert f["cosine"] == pytest.approx(float(r @ (r + s) / (r.norm() * (r + s).norm())), abs=1e-12)
+    assert f["relative_mse"] == pytest.approx(float(s @ s / (r @ r)), abs=1e-12)
+    g = dec.faithfulness(h, hl, h, hl + s)
+    assert g["cosine"] == pytest.approx(float(r @ (r - s) / (r.norm() * (r - s).norm())), abs=1e-12)
+    assert g["cosine"] != pytest.approx(f["cosine"], abs=1e-3)
+
+
+def test_identical_saes_give_a_difference_interval_of_exactly_zero():
+    """Every resample is shared by all SAEs (paired), so two identical SAEs differ by exactly 0 in every one."""
+    torch.manual_seed(8)
+    h, hl = torch.randn(30, 8) + 0.5, torch.randn(30, 8)
+    lossy = LinearSAE(torch.randn(5, 8))
+    rec = (dec.reconstruct(lossy, h), dec.reconstruct(lossy, hl))
+    out = dec.bootstrap_faithfulness(h, hl, {"a": rec, "b": (rec[0].clone(), rec[1].clone())}, n_resamples=200)
+    for metric in ("cosine", "relative_mse"):
+        assert out["differences"]["a - b"][metric]["ci95"] == [0.0, 0.0]
+        lo, hi = out["saes"]["a"][metric]["ci95"]
+        assert hi > lo, "while each SAE's own interval has a width"
+
+
+def test_bootstrap_interval_matches_the_delta_method_in_one_dimension():
+    """In one dimension with an exact harmless side and a harmful side shifted by s, relative MSE = s² / r², r the
+    difference of means. With n = 400 per side r is close to normal with sd τ = sqrt(2/n), so the 95% interval of
+    s²/r² is [s²/(r+1.96τ)², s²/(r-1.96τ)²]; the percentile bootstrap agrees to within a few percent."""
+    torch.manual_seed(9)
+    n = 400
+    h, hl = torch.randn(n, 1).double() + 2.0, torch.randn(n, 1).double()
+    s = 0.5
+    r = (h.mean() - hl.mean()).item()
+    tau = (h.var().item() / n + hl.var().item() / n) ** 0.5
+    expected = [s * s / (r + 1.96 * tau) ** 2, s * s / (r - 1.96 * tau) ** 2]
+    out = dec.bootstrap_faithfulness(h, hl, {"a": (h + s, hl)}, n_resamples=4000, seed=1)
+    lo, hi = out["saes"]["a"]["relative_mse"]["ci95"]
+    assert lo == pytest.approx(expected[0], rel=0.05) and hi == pytest.approx(expected[1], rel=0.05)
+
+
 def test_least_squares_with_r_in_the_decoder_is_exact_at_k_1():
     torch.manual_seed(1)
     r = torch.randn(16)

@@ -14,6 +14,11 @@ def test_ablation_removes_component_only():
     out = ablate_direction(acts, r)
     assert torch.allclose(out @ (r / r.norm()), torch.zeros(5, 7), atol=1e-5)
     assert torch.allclose(ablate_direction(out, r), out, atol=1e-5)  # idempotent
+    # the part orthogonal to r is kept: an ablation that returned zeros (or scaled everything) fails here
+    other = torch.randn(16)
+    other = other - (other @ r) / (r @ r) * r
+    assert torch.allclose(out @ other, acts @ other, atol=1e-4)
+    assert torch.allclose(out, acts - ((acts @ r) / (r @ r))[..., None] * r, atol=1e-5)
 
 
 def test_addition_needs_vector_and_layer():
