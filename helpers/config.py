@@ -127,6 +127,9 @@ class Config:
     # Kissane et al.'s dataset-versus-model comparison: also cache every corpus through this base model and train
     # per-corpus SAEs on it (`base_<corpus>`), read on the chat model's activations by notebook 04 (None: skip)
     base_model: str | None = None
+    # Notebook 02 installs Kissane et al.'s released SAEs (helpers.pretrained) for the names they released
+    # (chat, webtext_chat, base_chat, base_webtext_chat) instead of training them; the rest it trains
+    pretrained_saes: bool = False
     # Notebook 02's extra SAEs beside the per-corpus pair: "mixture" (50/50 webtext + chat) and "topk" (per corpus)
     extra_saes: tuple[str, ...] = ("mixture", "topk")
     # Starting L1 coefficient per corpus for the L0 search (others start at sae.l1_coefficient)
@@ -163,6 +166,7 @@ class Config:
             "sae_corpora": ((tuple, list), lambda v: len(v) > 0 and all(c in CORPUS_NAMES for c in v),
                             f"a non-empty tuple of corpus names from {list(CORPUS_NAMES)}, e.g. ('webtext', 'chat')"),
             "base_model": ((str, type(None)), lambda v: v is None or bool(v.strip()), "None or a model name or path"),
+            "pretrained_saes": ((bool,), None, "True or False"),
             "extra_saes": ((tuple, list), lambda v: all(x in ("mixture", "topk") for x in v),
                            "a tuple from ('mixture', 'topk'), or () for the per-corpus SAEs alone"),
             "l1_start": ((tuple, list), lambda v: all(len(x) == 2 and x[0] in CORPUS_NAMES and x[1] > 0 for x in v),
@@ -284,6 +288,9 @@ PRESETS: dict[str, Config] = {
         chat_source="hub",
         sae_corpora=("webtext", "chat", "webtext_chat"),
         base_model="Qwen/Qwen1.5-0.5B",  # Kissane et al.'s base-model SAEs (section 7 of notebook 04)
+        # Notebooks 04-06 read Kissane et al.'s own 32,768-latent SAEs (downloaded through wandb); plain webtext has
+        # none released and is trained. get_config("paper", pretrained_saes=False) trains all of them instead.
+        pretrained_saes=True,
         # 20M cached tokens (41 GB in float16) trained for ~20 epochs: Kissane et al. streamed 409.6M fresh
         # tokens through the model instead; raise cache_tokens if you have the disk.
         cache_tokens=20_000_000,

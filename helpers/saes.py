@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -118,19 +119,30 @@ def save_sae(sae, folder: Path, extra: dict | None = None) -> Path:
     """Save in sae_lens' inference format (loadable with `sae_lens.SAE.load_from_disk`), plus `extra` as JSON."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    sae.save_inference_model(str(folder))
+    # a training SAE saves its inference form (folding any training-only state); an inference SAE saves itself
+    (sae.save_inference_model if hasattr(sae, "save_inference_model") else sae.save_model)(str(folder))
     if extra:
         (folder / "training.json").write_text(json.dumps(extra, indent=1, default=float))
     return folder
 
 
 def load_sae(source: str | Path, model: LoadedModel | None = None, hook_name: str | None = None,
-             sae_id: str | None = None, device: str | None = None):
-    """Load a saved SAE folder or a pretrained sae_lens release (`source=release, sae_id=...`), and check it
-    fits the model (d_in = d_model) and the hook. `device`: default the model's (else the CPU)."""
+             sae_id: str | None = None, device: str | None = None, norm_scaling_factor: float | None = None):
+    """Load an SAE and check it fits the model (d_in = d_model) and the hook. `source` is a saved SAE folder
+    (sae_lens 6, or the older layout Kissane et al.'s SAEs were released in, converted with `norm_scaling_factor`:
+    `helpers.pretrained`), `"kissane:<name>"` for one of their released SAEs (downloaded with wandb when online;
+    `pretrained.KISSANE_SAES`), or a pretrained sae_lens release (`source=release, sae_id=...`).
+    `device`: default the model's (else the CPU)."""
     from sae_lens import SAE
 
+    from helpers import pretrained
+
     device = device or (str(model.device) if model is not None else "cpu")
+    if isinstance(source, str) and source.startswith("kissane:"):
+        name = source.split(":", 1)[1]
+        sae = pretrained.fetch(name, Path(os.environ.get("REFUSAL_CACHE_DIR", Path.home() / ".cache" /
+                                                          "refusal-toolkit")) / "kissane" / name, device=device)
+        return _checked(sae, source, model, hook_name)
 
     path = Path(source)
     looks_like_path = isinstance(source, Path) or str(source).startswith((".", "/", "~")) or "runs/" in str(source)
@@ -140,11 +152,18 @@ def load_sae(source: str | Path, model: LoadedModel | None = None, hook_name: st
     if path.is_dir():
         if not (path / "cfg.json").exists():
             raise FileNotFoundError(f"{path} holds no sae_lens SAE (no cfg.json). Train one with notebook 02 first.")
-        sae = SAE.load_from_disk(str(path), device=device)
+        if pretrained.is_legacy_folder(path):
+            sae = pretrained.convert_legacy_sae(path, norm_scaling_factor, device=device)
+        else:
+            sae = SAE.load_from_disk(str(path), device=device)
     else:
         if sae_id is None:
             raise ValueError(f"{source!r} is not a folder; for a pretrained release also pass sae_id=...")
         sae = SAE.from_pretrained(str(source), sae_id, device=device)
+    return _checked(sae, source, model, hook_name)
+
+
+def _checked(sae, source, model: LoadedModel | None, hook_name: str | None):
     sae_hook = sae.cfg.metadata.hook_name
     if hook_name is not None and sae_hook != hook_name:
         raise SAEMismatchError(f"SAE {source} was trained on {sae_hook!r}, not {hook_name!r}.")

@@ -1,0 +1,147 @@
+"""Kissane et al.'s own SAEs (Qwen1.5-0.5B(-Chat), `blocks.13.hook_resid_pre`, 32,768 latents), loaded into sae_lens 6.
+
+They were released as public Weights & Biases artifacts, saved by the sae_lens of mid-2024 (`cfg.json` with the
+hook at the top level, `sae_weights.safetensors` with `W_enc [d_in, d_sae]`, `W_dec [d_sae, d_in]`, `b_enc`,
+`b_dec`), trained on activations scaled by an estimated norm scaling factor that sae_lens then folded into the
+weights, except `b_dec` ("due to SAE Lens bug", their code's comment). Their code therefore divides `b_dec` by the
+factor and folds the decoder norms into the encoder; `convert_legacy_sae` does the same and returns a sae_lens 6
+`StandardSAE` in the model's units with unit decoder rows.
+
+`fetch(name, folder)` downloads one through the wandb API (online, `pip install wandb`); a folder already holding
+the older layout is converted without any download. Nothing in this project's test machines reaches wandb: the
+conversion is tested on a fixture written in the older layout (tests/test_pretrained.py).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+
+@dataclass(frozen=True)
+class Artifact:
+    project: str
+    name: str
+    version: str
+    model: str
+    corpus: str
+    norm_scaling_factor: float  # from Kissane et al.'s evaluation code
+
+    @property
+    def path(self) -> str:
+        return f"ckkissane/{self.project}/{self.name}:{self.version}"
+
+
+_CHAT, _BASE = "sae_qwen1.5-0.5b-chat_blocks.13.hook_resid_pre_32768", "sae_qwen1.5-0.5b_blocks.13.hook_resid_pre_32768"
+# Our names: <corpus> for the chat model's SAEs, base_<corpus> for the base model's (as notebook 02 names them).
+KISSANE_SAES: dict[str, Artifact] = {
+    "chat": Artifact("qwen-500M-chat-lmsys-1m-anthropic", _CHAT, "v11", "Qwen/Qwen1.5-0.5B-Chat",
+                     "LmSys-Chat-1M", 1.5326804001319736),
+    "webtext_chat": Artifact("qwen-500M-chat-pile-inst-format-with-assistant", _CHAT, "v3", "Qwen/Qwen1.5-0.5B-Chat",
+                             "the Pile, chat format with assistant", 1.573157268076237),
+    "base_chat": Artifact("qwen-500M-base-lmsys-1m", _BASE, "v3", "Qwen/Qwen1.5-0.5B", "LmSys-Chat-1M",
+                          1.875230672855483),
+    "base_webtext_chat": Artifact("qwen-500M-base-pile-inst-format-with-assistant", _BASE, "v3", "Qwen/Qwen1.5-0.5B",
+                                  "the Pile, chat format with assistant", 1.944763706304832),
+}
+LEGACY_TENSORS = ("W_enc", "W_dec", "b_enc", "b_dec")
+
+
+class LegacySAEError(ValueError):
+    """A folder that does not hold an SAE in the older sae_lens layout we can convert."""
+
+
+def is_legacy_folder(folder: str | Path) -> bool:
+    """Whether `folder` holds an SAE saved by an older sae_lens (hook name at the top of `cfg.json`, no
+    `metadata` block), rather than by sae_lens 6."""
+    cfg = Path(folder) / "cfg.json"
+    if not cfg.is_file():
+        return False
+    d = json.loads(cfg.read_text())
+    return "metadata" not in d and ("hook_name" in d or "hook_point" in d)
+
+
+def convert_legacy_sae(folder: str | Path, norm_scaling_factor: float | None, device: str = "cpu"):
+    """The SAE in `folder` (older sae_lens layout) as a sae_lens 6 `StandardSAE` in the model's units: `b_dec`
+    divided by `norm_scaling_factor` (the factor training scaled activations by; None when the SAE was trained
+    without one), then the decoder norms folded into the encoder (unit decoder rows, the same reconstructions)."""
+    from safetensors.torch import load_file
+    from sae_lens import StandardSAE, StandardSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    folder = Path(folder)
+    if not is_legacy_folder(folder):
+        raise LegacySAEError(f"{folder} holds no SAE in the older sae_lens layout (cfg.json with hook_name and no "
+                             "metadata); sae_lens 6 folders load with helpers.saes.load_sae directly.")
+    cfg = json.loads((folder / "cfg.json").read_text())
+    weights = folder / "sae_weights.safetensors"
+    if not weights.is_file():
+        raise LegacySAEError(f"{folder} has a cfg.json but no sae_weights.safetensors; download the artifact again.")
+    if cfg.get("activation_fn_str", "relu") != "relu" or cfg.get("architecture", "standard") != "standard":
+        raise LegacySAEError(f"{folder}: only ReLU 'standard' SAEs convert (got activation "
+                             f"{cfg.get('activation_fn_str')!r}, architecture {cfg.get('architecture')!r}).")
+    if norm_scaling_factor is None and cfg.get("normalize_activations") not in (None, "none"):
+        raise LegacySAEError(f"{folder} was trained with normalize_activations={cfg['normalize_activations']!r}: "
+                             "pass its norm_scaling_factor (KISSANE_SAES lists Kissane et al.'s).")
+    t = load_file(str(weights))
+    missing = [k for k in LEGACY_TENSORS if k not in t]
+    if missing:
+        raise LegacySAEError(f"{weights} lacks {missing}; it is not a standard sae_lens SAE.")
+    d_in, d_sae = int(cfg["d_in"]), int(cfg["d_sae"])
+    shapes = {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_in), "b_enc": (d_sae,), "b_dec": (d_in,)}
+    wrong = {k: tuple(t[k].shape) for k, s in shapes.items() if tuple(t[k].shape) != s}
+    if wrong:
+        raise LegacySAEError(f"{weights}: shapes {wrong} do not match cfg.json's d_in={d_in}, d_sae={d_sae}.")
+    W_enc, W_dec, b_enc, b_dec = (t[k].double() for k in LEGACY_TENSORS)
+    if norm_scaling_factor is not None:
+        b_dec = b_dec / float(norm_scaling_factor)
+    norms = W_dec.norm(dim=-1).clamp_min(1e-12)
+    W_enc, b_enc, W_dec = W_enc * norms, b_enc * norms, W_dec / norms[:, None]
+    meta = SAEMetadata(hook_name=cfg.get("hook_name") or cfg["hook_point"], model_name=cfg.get("model_name"),
+                       converted_from=str(folder), norm_scaling_factor=norm_scaling_factor)
+    sae = StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=d_sae, dtype="float32", device=device,
+                                        apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)),
+                                        normalize_activations="none", metadata=meta))
+    with torch.no_grad():
+        for name, value in zip(LEGACY_TENSORS, (W_enc, W_dec, b_enc, b_dec)):
+            getattr(sae, name).copy_(value.float())
+    return sae
+
+
+def fetch(name: str, folder: str | Path, device: str = "cpu"):
+    """Kissane et al.'s SAE `name` (a key of KISSANE_SAES) from `folder`, downloading it there through the wandb
+    API first when the folder holds none. Returns the converted sae_lens 6 SAE."""
+    if name not in KISSANE_SAES:
+        raise KeyError(f"No released SAE named {name!r}; Kissane et al. released {sorted(KISSANE_SAES)}.")
+    art, folder = KISSANE_SAES[name], Path(folder)
+    if not is_legacy_folder(folder):
+        try:
+            import wandb
+        except ImportError:
+            raise ImportError(f"Downloading {art.path} needs wandb: `pip install wandb`, or put the artifact's "
+                              f"files (cfg.json, sae_weights.safetensors) in {folder}.") from None
+        folder.mkdir(parents=True, exist_ok=True)
+        wandb.Api().artifact(art.path).download(root=str(folder))
+    return convert_legacy_sae(folder, art.norm_scaling_factor, device=device)
+
+
+def install(name: str, run_dir: str | Path, download_dir: str | Path, device: str = "cpu") -> Path:
+    """Kissane et al.'s SAE `name`, fetched into `download_dir` (or found there) and saved in sae_lens 6's format
+    as `run_dir/saes/<name>/`, where notebooks 04-06 read every SAE; `training.json` records where it came from
+    (it was not trained here). Returns the folder."""
+    from helpers.files import atomic_write_json
+    from helpers.saes import save_sae
+
+    art = KISSANE_SAES.get(name)
+    if art is None:
+        raise KeyError(f"No released SAE named {name!r}; Kissane et al. released {sorted(KISSANE_SAES)}.")
+    sae = fetch(name, Path(download_dir) / name, device=device)
+    folder = save_sae(sae, Path(run_dir) / "saes" / name)
+    atomic_write_json(folder / "training.json", {
+        "name": name, "pretrained": art.path, "model": art.model, "corpus": art.corpus,
+        "norm_scaling_factor": art.norm_scaling_factor, "log": [], "history": [],
+        "sae_config": {"l1_coefficient": 3.0, "d_sae": sae.cfg.d_sae, "training_tokens": 409_600_000}})
+    return folder
