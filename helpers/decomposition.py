@@ -166,6 +166,32 @@ def least_squares_relative_mse(atoms: Tensor, target: Tensor) -> float:
     return relative_mse((a @ coef)[:, 0], target)
 
 
+def adam_relative_mse(atoms: Tensor, target: Tensor, iterations: int = 1000, lr: float = 0.01, seed: int = 0) -> float:
+    """Kissane et al.'s own fit (their sparsity code): coefficients initialised from a standard normal, Adam on the
+    mean squared error of Σ cᵢ atomᵢ against `target` for `iterations` steps; the relative MSE at the end. Exact
+    least squares (`least_squares_relative_mse`) is the optimum it approaches."""
+    if len(atoms) == 0:
+        return 1.0
+    a, t = atoms.detach().float(), target.detach().float()
+    g = torch.Generator().manual_seed(seed)
+    coef = torch.randn(len(a), generator=g).requires_grad_(True)
+    opt = torch.optim.Adam([coef], lr=lr)
+    with torch.enable_grad():
+        for _ in range(iterations):
+            loss = ((coef[:, None] * a).sum(0) - t).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return relative_mse((coef.detach()[:, None] * a).sum(0), t)
+
+
+def kissane_ranking(sae, delta: Tensor) -> Tensor:
+    """Latents in Kissane et al.'s order: by |Δ activation| of the SAE with its decoder norms folded into the encoder,
+    i.e. |Δfᵢ|·‖dᵢ‖ for an SAE whose decoder rows are not unit norm (the same as |Δfᵢ| when they are)."""
+    norms = sae.W_dec.detach().double().norm(dim=-1).cpu()
+    return (delta.double().abs() * norms).argsort(descending=True)
+
+
 def omp(decoder: Tensor, target: Tensor, k_max: int) -> tuple[list[int], list[float]]:
     """Orthogonal matching pursuit over unit decoder rows: at each step add the row most correlated with the
     residual and refit all chosen rows by least squares. Returns the chosen latents in order and the relative
@@ -192,15 +218,21 @@ def delta_activation(f_harmful: Tensor, f_harmless: Tensor) -> Tensor:
     return f_harmful.double().mean(0) - f_harmless.double().mean(0)
 
 
-def sparsity_curve(sae, target: Tensor, delta: Tensor, ks: list[int]) -> dict:
-    """Relative MSE of the least-squares fit of `target` with k unit decoder rows: the top-k latents by
-    |Δ activation|, and orthogonal matching pursuit (greedy over all rows)."""
+def sparsity_curve(sae, target: Tensor, delta: Tensor, ks: list[int], adam_iterations: int = 1000) -> dict:
+    """Relative MSE of fitting `target` with k unit decoder rows, four ways: the top-k latents by |Δ activation|
+    with exact least squares (`top_delta`); Kissane et al.'s procedure, the top-k by |Δf|·‖d‖ (`kissane_ranking`)
+    with their Adam fit (`kissane_adam`) and with exact least squares (`kissane_lstsq`); and orthogonal matching
+    pursuit over every row (`omp`, a greedy estimate of the best k latents can do)."""
     dec = unit_decoder(sae)
     order = delta.abs().argsort(descending=True)
+    theirs = kissane_ranking(sae, delta)
     by_delta = [least_squares_relative_mse(dec[order[:k]], target) for k in ks]
     chosen, errors = omp(dec, target, max(ks))
     return {"k": ks, "top_delta": by_delta, "omp": [errors[k - 1] for k in ks], "omp_latents": chosen[:16],
-            "top_delta_latents": order[:16].tolist()}
+            "top_delta_latents": order[:16].tolist(),
+            "kissane_lstsq": [least_squares_relative_mse(dec[theirs[:k]], target) for k in ks],
+            "kissane_adam": [adam_relative_mse(dec[theirs[:k]], target, iterations=adam_iterations) for k in ks],
+            "kissane_latents": theirs[:16].tolist()}
 
 
 def smallest_k(ks: list[int], errors: list[float], threshold: float) -> int | None:

@@ -184,3 +184,21 @@ def test_model_by_data_grid_needs_two_models():
     grid = model_by_data(saes, values)
     assert grid == {"chat-model": {"webtext": 0.596, "chat": 0.849}, "base-model": {"webtext": 0.5, "chat": 0.735}}
     assert model_by_data({k: saes[k] for k in ("webtext", "chat", "mixture")}, values) is None
+
+
+def test_kissane_ranking_weights_delta_by_decoder_norm_and_adam_approaches_least_squares():
+    torch.manual_seed(11)
+    W_dec = torch.randn(6, 8)
+    W_dec[0] *= 10  # a small Δ on a long row outranks a larger Δ on a short one once norms count
+    sae = LinearSAE(W_dec)
+    delta = torch.tensor([0.5, 1.0, 0.1, 0.0, 0.2, 0.3]).double()
+    assert dec.kissane_ranking(sae, delta)[0].item() == 0 and delta.abs().argmax().item() == 1
+    unit = LinearSAE(W_dec / W_dec.norm(dim=-1, keepdim=True))
+    assert dec.kissane_ranking(unit, delta).tolist() == delta.abs().argsort(descending=True).tolist()
+    atoms, target = torch.randn(3, 8), torch.randn(8)
+    exact = dec.least_squares_relative_mse(atoms, target)
+    assert dec.adam_relative_mse(atoms, target, iterations=3000, lr=0.05) == pytest.approx(exact, abs=1e-3)
+    assert dec.adam_relative_mse(atoms, target, iterations=5, lr=0.01) > exact + 0.05, "short runs stop short"
+    curve = dec.sparsity_curve(sae, target, delta, [1, 2, 4], adam_iterations=200)
+    assert curve["kissane_latents"][0] == 0 and len(curve["kissane_adam"]) == 3
+    assert all(a >= l - 1e-6 for a, l in zip(curve["kissane_adam"], curve["kissane_lstsq"]))
