@@ -156,6 +156,105 @@ def null_faithfulness(acts: Tensor, recon: dict[str, Tensor], n_splits: int = 20
                 for k, v in d.items()} for n, d in vals.items()}
 
 
+def split_half_cosine(harmful: Tensor, harmless: Tensor, n_splits: int = 20, seed: int = 0) -> dict[str, float]:
+    """How much signal a set of prompts carries: r from one random half of each side against r from the other
+    half, cosine averaged over `n_splits` splits (mean, sd). Near 1: r is stable; near 0: mostly noise."""
+    g = torch.Generator().manual_seed(seed)
+    vals = []
+    for _ in range(n_splits):
+        a, b = torch.randperm(len(harmful), generator=g), torch.randperm(len(harmless), generator=g)
+        ha, hb = a[: len(a) // 2], a[len(a) // 2:]
+        la, lb = b[: len(b) // 2], b[len(b) // 2:]
+        vals.append(cosine(harmful[ha].double().mean(0) - harmless[la].double().mean(0),
+                           harmful[hb].double().mean(0) - harmless[lb].double().mean(0)))
+    v = torch.tensor(vals)
+    return {"mean": v.mean().item(), "sd": v.std().item(), "n_splits": n_splits}
+
+
+def protocol_summary(saes: dict, harmful: Tensor, harmless: Tensor, n_resamples: int = 1000, seed: int = 0) -> dict:
+    """Kissane et al.'s decomposition of one prompt set under one template, for every SAE: ‖r‖, the split-half
+    cosine of r, the bootstrap faithfulness (cosine and relative MSE of r̂ with intervals, paired differences) and
+    the max decoder cosine with r. `harmful`/`harmless`: `[n, d_model]` activations at the SAE's hook."""
+    recon = {name: (reconstruct(sae, harmful), reconstruct(sae, harmless)) for name, sae in saes.items()}
+    r = harmful.double().mean(0) - harmless.double().mean(0)
+    out = {"n_harmful": len(harmful), "n_harmless": len(harmless), "r_norm": r.norm().item(),
+           "split_half_cosine": split_half_cosine(harmful, harmless, seed=seed),
+           "faithfulness": bootstrap_faithfulness(harmful, harmless, recon, n_resamples=n_resamples, seed=seed),
+           "max_decoder_cosine": {}}
+    for name, sae in saes.items():
+        cos = unit_decoder(sae).double() @ (r / r.norm())
+        out["max_decoder_cosine"][name] = {"latent": int(cos.argmax()), "cosine": cos.max().item()}
+    return out
+
+
+def group_difference(x: Tensor, group: Tensor) -> Tensor:
+    """Mean of the rows in `group` minus the mean of the others: a difference of means of the same kind as r
+    (two sets of prompts), between two groups of categories of one side."""
+    return x[group].double().mean(0) - x[~group].double().mean(0)
+
+
+def structured_control(harmful: Tensor, harmless: Tensor, recon: dict[str, tuple[Tensor, Tensor]],
+                       harmful_group: Tensor, harmless_group: Tensor, pair: tuple[str, str],
+                       n_resamples: int = 1000, seed: int = 0) -> dict:
+    """Is an SAE's edge on r about refusal, or about directions of that kind in general? The control directions are
+    differences of means between two groups of categories within one side (harmless A − harmless B, harmful A −
+    harmful B): the same kind of direction as r, with no refusal in it. For `pair = (a, b)` (say chat, webtext):
+    edge(d) = cos(r̂_a, d) − cos(r̂_b, d) reconstructing direction d; the quantity of interest is
+    edge(r) − edge(control), with a paired percentile-bootstrap interval (prompts resampled within each side, the
+    category groups following their prompts). Also each SAE's cosine on each direction."""
+    a, b = pair
+    dirs = {"r": lambda h, hl, i, j: (h[i].double().mean(0) - hl[j].double().mean(0)),
+            "harmless categories": lambda h, hl, i, j: group_difference(hl[j], harmless_group[j]),
+            "harmful categories": lambda h, hl, i, j: group_difference(h[i], harmful_group[i])}
+
+    def cosines(i, j):
+        out = {}
+        for d, f in dirs.items():
+            true = f(harmful, harmless, i, j)
+            out[d] = {n: cosine(f(recon[n][0], recon[n][1], i, j), true) for n in recon}
+        return out
+
+    every = torch.arange(len(harmful)), torch.arange(len(harmless))
+    point = cosines(*every)
+    g = torch.Generator().manual_seed(seed)
+    samples = {d: {"edge": [], "edge_r_minus_edge": []} for d in dirs}
+    for _ in range(n_resamples):
+        i = torch.randint(len(harmful), (len(harmful),), generator=g)
+        j = torch.randint(len(harmless), (len(harmless),), generator=g)
+        if harmful_group[i].all() or not harmful_group[i].any() or harmless_group[j].all() or not harmless_group[j].any():
+            continue  # a resample with an empty group has no control direction
+        c = cosines(i, j)
+        edge_r = c["r"][a] - c["r"][b]
+        for d in dirs:
+            edge = c[d][a] - c[d][b]
+            samples[d]["edge"].append(edge)
+            samples[d]["edge_r_minus_edge"].append(edge_r - edge)
+    out = {"pair": list(pair), "n_harmful": len(harmful), "n_harmless": len(harmless),
+           "n_resamples": len(samples["r"]["edge"]), "directions": {}}
+    for d in dirs:
+        edge = point[d][a] - point[d][b]
+        out["directions"][d] = {
+            "cosine": point[d], "edge": {"estimate": edge, "ci95": percentile_interval(torch.tensor(samples[d]["edge"]))},
+            "edge_r_minus_edge": {"estimate": point["r"][a] - point["r"][b] - edge,
+                                  "ci95": percentile_interval(torch.tensor(samples[d]["edge_r_minus_edge"]))}}
+    return out
+
+
+def control_verdict(control: dict) -> str:
+    """One sentence on what the structured control's intervals support."""
+    a, b = control["pair"]
+    parts = []
+    for d in ("harmless categories", "harmful categories"):
+        lo, hi = control["directions"][d]["edge_r_minus_edge"]["ci95"]
+        if lo > 0:
+            parts.append(f"larger on r than on the {d} control (difference of edges [{lo:+.3f}, {hi:+.3f}])")
+        elif hi < 0:
+            parts.append(f"smaller on r than on the {d} control ([{lo:+.3f}, {hi:+.3f}])")
+        else:
+            parts.append(f"not distinguishable from its edge on the {d} control ([{lo:+.3f}, {hi:+.3f}] contains 0)")
+    return f"The {a} SAE's edge over the {b} SAE is " + "; and ".join(parts) + "."
+
+
 def least_squares_relative_mse(atoms: Tensor, target: Tensor) -> float:
     """Relative MSE of the exact least-squares fit Σ cᵢ atomᵢ ≈ target (`atoms` `[k, d]`): the optimum that
     Kissane et al.'s Adam loop over coefficients approaches."""

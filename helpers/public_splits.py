@@ -25,6 +25,37 @@ FILES = {"harmful_val.json": "harmful", "harmful_train.json": "harmful", "harmle
 CONDITIONS = {"harmful": ("none", "ablation"), "harmless": ("none", "actadd")}
 
 
+def kissane_split(items: list, test_size: float = 0.2, seed: int = 42) -> tuple[list, list]:
+    """(train, test) as sklearn's `train_test_split(items, test_size=0.2, random_state=42)` cuts them, which is how
+    Kissane et al.'s code splits AdvBench and Alpaca: numpy's `RandomState(seed).permutation`, the first
+    ceil(test_size·n) indices the test part, the rest the train part (the same lists, without sklearn)."""
+    import math
+
+    import numpy as np
+
+    n_test = math.ceil(test_size * len(items))
+    perm = np.random.RandomState(seed).permutation(len(items))
+    return [items[i] for i in perm[n_test:]], [items[i] for i in perm[:n_test]]
+
+
+def kissane_prompts(folder: str | Path, n: int = 64) -> dict[str, list[str]] | None:
+    """Kissane et al.'s kind of prompts from the public splits in `folder`: their split (`kissane_split`) of the
+    AdvBench-style harmful file (`harmful_train.json`) and of the Alpaca file (`harmless_train.json`), the first `n`
+    of each train part, as their code takes the first 64. None when `folder` or a file is missing."""
+    folder = Path(folder)
+    files = {"harmful": folder / "harmful_train.json", "harmless": folder / "harmless_train.json"}
+    if not all(f.is_file() for f in files.values()):
+        return None
+    out = {}
+    for side, f in files.items():
+        train = kissane_split(instructions_only(read_instruction_file(f)))[0]
+        if len(train) < n:
+            raise InstructionDataError(f"{f} leaves {len(train)} training prompts after Kissane et al.'s split; "
+                                       f"ask for n <= {len(train)}.")
+        out[side] = train[:n]
+    return out
+
+
 def public_prompts(folder: str | Path, n: int) -> dict[str, list[str]] | None:
     """Up to `n` prompts from each public split in `folder` (`balanced_sample`: spread over categories,
     deterministic), keyed `"<side> · <file stem>"`; None when `folder` does not exist (a plain clone has none)."""

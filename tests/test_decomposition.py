@@ -202,3 +202,63 @@ def test_kissane_ranking_weights_delta_by_decoder_norm_and_adam_approaches_least
     curve = dec.sparsity_curve(sae, target, delta, [1, 2, 4], adam_iterations=200)
     assert curve["kissane_latents"][0] == 0 and len(curve["kissane_adam"]) == 3
     assert all(a >= l - 1e-6 for a, l in zip(curve["kissane_adam"], curve["kissane_lstsq"]))
+
+
+def _dropping(d: int, coords: list[int]) -> LinearSAE:
+    """An exact SAE that cannot represent the coordinates `coords` (their latents removed)."""
+    sae = identity_sae(d)
+    W_dec = sae.W_dec.clone()
+    for k in coords:
+        W_dec[k] = 0
+        W_dec[d + k] = 0
+    return LinearSAE(W_dec, W_dec.T)
+
+
+def _categorised(n: int = 60, d: int = 8, seed: int = 12):
+    """r along e0; harmless categories A/B differ along e1, harmful categories along e2; noise elsewhere."""
+    g = torch.Generator().manual_seed(seed)
+    harmful, harmless = torch.randn(n, d, generator=g) * 0.3, torch.randn(n, d, generator=g) * 0.3
+    hg, lg = torch.arange(n) % 2 == 0, torch.arange(n) % 3 == 0
+    harmful[:, 0] += 2.0
+    harmful[hg, 2] += 1.5
+    harmless[lg, 1] += 1.5
+    return harmful, harmless, hg, lg
+
+
+def test_structured_control_tells_refusal_specific_from_general_and_says_so():
+    harmful, harmless, hg, lg = _categorised()
+    exact, no_r, no_e1 = identity_sae(8), _dropping(8, [0]), _dropping(8, [1])
+    recon = {n: (dec.reconstruct(s, harmful), dec.reconstruct(s, harmless))
+             for n, s in {"a": exact, "no_r": no_r, "no_e1": no_e1, "same": identity_sae(8)}.items()}
+    # a's edge over an SAE that cannot represent r's direction is specific to r
+    ctl = dec.structured_control(harmful, harmless, {k: recon[k] for k in ("a", "no_r")}, hg, lg, ("a", "no_r"),
+                                 n_resamples=300)
+    d = ctl["directions"]
+    assert d["r"]["cosine"]["a"] == pytest.approx(1.0, abs=1e-9) and d["r"]["cosine"]["no_r"] < 0.5
+    assert d["harmless categories"]["edge"]["estimate"] == pytest.approx(0.0, abs=1e-2)  # noise has a bit of e0
+    assert d["harmless categories"]["edge_r_minus_edge"]["ci95"][0] > 0.3
+    assert "larger on r than on the harmless categories control" in dec.control_verdict(ctl)
+    # against an SAE that loses the harmless-category direction instead, the edge is larger on that control
+    ctl = dec.structured_control(harmful, harmless, {k: recon[k] for k in ("a", "no_e1")}, hg, lg, ("a", "no_e1"),
+                                 n_resamples=300)
+    assert ctl["directions"]["harmless categories"]["edge_r_minus_edge"]["ci95"][1] < 0
+    assert "smaller on r than on the harmless categories control" in dec.control_verdict(ctl)
+    # identical SAEs: every edge is exactly 0 in every resample
+    ctl = dec.structured_control(harmful, harmless, {k: recon[k] for k in ("a", "same")}, hg, lg, ("a", "same"),
+                                 n_resamples=100)
+    assert ctl["directions"]["harmful categories"]["edge_r_minus_edge"]["ci95"] == [0.0, 0.0]
+    assert "not distinguishable" in dec.control_verdict(ctl)
+
+
+def test_split_half_cosine_and_protocol_summary():
+    harmful, harmless, _, _ = _categorised(n=80)
+    assert dec.split_half_cosine(harmful, harmless)["mean"] > 0.9, "a strong r is stable across halves"
+    g = torch.Generator().manual_seed(1)
+    noise = dec.split_half_cosine(torch.randn(80, 8, generator=g), torch.randn(80, 8, generator=g))
+    assert abs(noise["mean"]) < 0.3 and noise["n_splits"] == 20
+    out = dec.protocol_summary({"exact": identity_sae(8), "no_r": _dropping(8, [0])}, harmful, harmless, n_resamples=50)
+    r = harmful.double().mean(0) - harmless.double().mean(0)
+    assert out["r_norm"] == pytest.approx(r.norm().item()) and out["n_harmful"] == 80
+    assert out["faithfulness"]["saes"]["exact"]["cosine"]["estimate"] == pytest.approx(1.0, abs=1e-9)
+    assert out["max_decoder_cosine"]["exact"]["latent"] == 0, "e0, r's main coordinate, has the closest row"
+    assert out["max_decoder_cosine"]["no_r"]["cosine"] < out["max_decoder_cosine"]["exact"]["cosine"]

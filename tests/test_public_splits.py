@@ -47,3 +47,23 @@ def test_evaluate_public_runs_the_headline_conditions(model):
                                                                              progress=False)
     assert out["harmless · harmless_val"]["actadd"]["completions"] != out["harmless · harmless_val"]["none"]["completions"]
     assert all(v[c]["substring"]["n"] == 2 for v in out.values() for c in v)
+
+
+def test_kissane_split_is_sklearns_train_test_split():
+    """Reference lists printed once by sklearn 1.x: train_test_split([f'x{i}' for i in range(13)], test_size=0.2,
+    random_state=42), and the first 8 of the train part for 520 items (AdvBench's size)."""
+    from helpers.public_splits import kissane_split
+
+    train, test = kissane_split([f"x{i}" for i in range(13)])
+    assert train == ['x8', 'x5', 'x2', 'x1', 'x12', 'x4', 'x7', 'x10', 'x3', 'x6'] and test == ['x11', 'x9', 'x0']
+    train, _ = kissane_split([f"x{i}" for i in range(520)])
+    assert train[:8] == ['x434', 'x436', 'x208', 'x332', 'x220', 'x502', 'x324', 'x184'] and len(train) == 416
+
+
+def test_kissane_prompts_from_a_folder_or_none(instruction_dir, tmp_path):
+    from helpers.public_splits import kissane_prompts
+
+    assert kissane_prompts(tmp_path / "absent") is None
+    got = kissane_prompts(instruction_dir, n=3)
+    assert set(got) == {"harmful", "harmless"} and all(len(v) == 3 for v in got.values())
+    assert len(set(got["harmful"]) & set(got["harmless"])) == 0
