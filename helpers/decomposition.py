@@ -187,6 +187,23 @@ def protocol_summary(saes: dict, harmful: Tensor, harmless: Tensor, n_resamples:
     return out
 
 
+def protocol_grid(model: LoadedModel, saes: dict, prompt_sets: dict[str, dict[str, list[str]]],
+                  templates: dict[str, str | None], hook_name: str, position: int = -1, n_resamples: int = 1000,
+                  seed: int = 0) -> dict[str, dict]:
+    """`protocol_summary` for every prompt set (`{"harmful": [...], "harmless": [...]}`) under every chat template
+    (`{name: system_prompt}`: None = no system turn, "default" = the tokenizer's), keyed "<set> · <template>"."""
+    from dataclasses import replace
+
+    out = {}
+    for set_name, prompts in prompt_sets.items():
+        for t_name, system_prompt in templates.items():
+            view = replace(model, system_prompt=system_prompt)  # the same weights, another chat template
+            acts = {side: prompt_activations(view, prompts[side], hook_name, f"{set_name}, {t_name}: {side}").at(position)
+                    for side in ("harmful", "harmless")}
+            out[f"{set_name} · {t_name}"] = protocol_summary(saes, acts["harmful"], acts["harmless"], n_resamples, seed)
+    return out
+
+
 def group_difference(x: Tensor, group: Tensor) -> Tensor:
     """Mean of the rows in `group` minus the mean of the others: a difference of means of the same kind as r
     (two sets of prompts), between two groups of categories of one side."""

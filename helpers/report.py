@@ -107,12 +107,29 @@ def claims(run_dir: Path) -> list[dict]:
         diff = f["differences"].get(f"chat - {web}")
         mc = dc["max_decoder_cosine"]
         k = dc["smallest_k"]
+        proto_key = dc.get("paper_protocol")
+        if proto_key:  # Kissane et al.'s own prompts and template: the row to compare with the paper
+            proto = dc["protocols"][proto_key]
+            pf, pm = proto["faithfulness"], proto["max_decoder_cosine"]
+            pdiff = pf["differences"].get(f"chat - {web}")
+            rows += [
+                {"paper": "Kissane et al. 2024",
+                 "claim": f"the chat SAE reconstructs r more faithfully than the {web} SAE (cosine; their prompts, no system turn)",
+                 "paper's number": "0.849 vs 0.596",
+                 "this run": f"{_ci(pf['saes']['chat']['cosine'])} vs {_ci(pf['saes'][web]['cosine'])}; difference "
+                             f"{_ci(pdiff['cosine'])} (n={pf['n_harmful']}+{pf['n_harmless']})",
+                 "held": pdiff["cosine"]["ci95"][0] > 0},
+                {"paper": "Kissane et al. 2024",
+                 "claim": "the chat SAE's best latent is closer to r (max decoder cosine; their prompts, no system turn)",
+                 "paper's number": "0.678 vs 0.411", "this run": f"{pm['chat']['cosine']:.3f} vs {pm[web]['cosine']:.3f}",
+                 "held": pm["chat"]["cosine"] > pm[web]["cosine"]},
+            ]
         rows += [
-            {"paper": "Kissane et al. 2024", "claim": f"the chat SAE reconstructs r more faithfully than the {web} SAE (cosine)",
+            {"paper": "Kissane et al. 2024", "claim": f"the chat SAE reconstructs r more faithfully than the {web} SAE (cosine; our sets, preset template)",
              "paper's number": "0.849 vs 0.596", "this run": f"{_ci(f['saes']['chat']['cosine'])} vs "
              f"{_ci(f['saes'][web]['cosine'])}; difference {_ci(diff['cosine'])} (n={f['n_harmful']}+{f['n_harmless']})",
              "held": diff["cosine"]["ci95"][0] > 0},
-            {"paper": "Kissane et al. 2024", "claim": "the chat SAE's best latent is closer to r (max decoder cosine)",
+            {"paper": "Kissane et al. 2024", "claim": "the chat SAE's best latent is closer to r (max decoder cosine; our sets, preset template)",
              "paper's number": "0.678 vs 0.411", "this run": f"{mc['chat']['cosine']:.3f} vs {mc[web]['cosine']:.3f}",
              "held": mc["chat"]["cosine"] > mc[web]["cosine"]},
             {"paper": "Kissane et al. 2024", "claim": "the chat SAE reconstructs r more sparsely (k for relative MSE ≤ 0.5)",
@@ -226,6 +243,18 @@ def _section_body(run_dir: Path, folder: str) -> str:
             parts.append(_figure(fig))
     elif folder == "decompose_refusal_direction":
         f = res["faithfulness"][res["headline"]]
+        if res.get("protocols"):  # Kissane et al.'s protocol beside ours: which prompts and template each number used
+            parts.append("<p>Each prompt set under each template (position −1; Kissane et al.'s own protocol is their "
+                         "kind of prompts with no system turn):</p>")
+            parts.append(_table([{"prompts · template": key, "‖r‖": round(p["r_norm"], 2),
+                                  "split-half cosine": round(p["split_half_cosine"]["mean"], 2), "SAE": n,
+                                  "cosine [95% CI]": _ci(v["cosine"]),
+                                  "max decoder cosine": round(p["max_decoder_cosine"][n]["cosine"], 3)}
+                                 for key, p in res["protocols"].items() for n, v in p["faithfulness"]["saes"].items()]))
+        if res.get("control_verdict"):
+            parts.append(f"<p>Structured control (category-group differences, our sets): "
+                         f"{html.escape(res['control_verdict'])}</p>")
+        parts.append(f"<p>Below: {html.escape(res.get('headline_protocol', 'our sets'))}.</p>")
         parts.append(_table([{"SAE": n, "cosine [95% CI]": _ci(v["cosine"]), "relative MSE [95% CI]": _ci(v["relative_mse"]),
                               "max decoder cosine": res["max_decoder_cosine"][n]["cosine"],
                               "latent": res["max_decoder_cosine"][n]["latent"]} for n, v in f["saes"].items()]))

@@ -109,7 +109,8 @@ def smallest_matching_k(ks: Sequence[int], rates: Sequence[Rate], target: Rate) 
 
 
 def load_rankings(run_dir) -> dict[str, dict]:
-    """Notebook 04's latent rankings per SAE: the top latent by decoder cosine with r (`top`, `cosine`), the top 16
+    """Notebook 04's latent rankings per SAE: the top latent by decoder cosine with r (`top`, `cosine`), the same
+    for r from Kissane et al.'s protocol (`top_paper`, `cosine_paper`; None without the public splits), the top 16
     by |Δ activation| (`delta`) and by matching pursuit (`omp`). A clear error names notebook 04 when missing."""
     import json
     from pathlib import Path
@@ -118,6 +119,9 @@ def load_rankings(run_dir) -> dict[str, dict]:
     if not path.exists():
         raise FileNotFoundError(f"Missing {path}: run notebook 04 (04_decompose_refusal_direction) for this preset first.")
     res = json.loads(path.read_text())
+    paper = res["protocols"][res["paper_protocol"]]["max_decoder_cosine"] if res.get("paper_protocol") else {}
     return {name: {"top": best["latent"], "cosine": best["cosine"], "delta": res["sparsity"][name]["top_delta_latents"],
-                   "omp": res["sparsity"][name]["omp_latents"]}
+                   "omp": res["sparsity"][name]["omp_latents"],
+                   # the top latent of r taken with Kissane et al.'s own prompts and template (None without them)
+                   "top_paper": paper.get(name, {}).get("latent"), "cosine_paper": paper.get(name, {}).get("cosine")}
             for name, best in res["max_decoder_cosine"].items()}

@@ -117,3 +117,18 @@ def test_qwen_documents_are_separated_by_endoftext_not_the_chat_template(model):
     assert sep != model.tokenizer.convert_tokens_to_ids("<|im_end|>")
     window = next(token_windows(iter_texts("webtext", model.format_messages), model.tokenizer, 64))
     assert window[0] == sep
+
+
+def test_webtext_wrappings_put_the_document_in_the_assistant_or_the_user_turn():
+    """Kissane et al.'s Pile-in-chat-format wrapping is unpublished; the two readings differ only in the turn."""
+    from helpers.corpora import iter_texts
+
+    def fmt(messages, add_generation_prompt=False):
+        text = "".join(f"<{m['role']}>{m['content']}</{m['role']}>" for m in messages)
+        return text + ("<assistant>" if add_generation_prompt else "")
+
+    plain = next(iter_texts("webtext", fmt))
+    assistant = next(iter_texts("webtext_chat", fmt))
+    user = next(iter_texts("webtext_user", fmt))
+    assert assistant == f"<user></user><assistant>{plain}</assistant>"
+    assert user == f"<user>{plain}</user><assistant>"

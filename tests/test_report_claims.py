@@ -31,6 +31,12 @@ HOLDING = {
             "chat": {"cosine": _ci(0.4, 0.3, 0.5)}, "webtext_chat": {"cosine": _ci(0.2, 0.1, 0.3)}},
             "differences": {"chat - webtext_chat": {"cosine": _ci(0.2, 0.1, 0.3)}}}},
         "max_decoder_cosine": {"chat": {"cosine": 0.3, "latent": 1}, "webtext_chat": {"cosine": 0.2, "latent": 2}},
+        "paper_protocol": "Kissane · no system turn",
+        "protocols": {"Kissane · no system turn": {
+            "faithfulness": {"n_harmful": 64, "n_harmless": 64, "saes": {
+                "chat": {"cosine": _ci(0.73, 0.6, 0.8)}, "webtext_chat": {"cosine": _ci(0.54, 0.4, 0.6)}},
+                "differences": {"chat - webtext_chat": {"cosine": _ci(0.19, 0.1, 0.3)}}},
+            "max_decoder_cosine": {"chat": {"cosine": 0.51, "latent": 1}, "webtext_chat": {"cosine": 0.16, "latent": 2}}}},
         "smallest_k": {"chat": {"k for rel. MSE ≤ 0.5 (top Δ)": 64}, "webtext_chat": {"k for rel. MSE ≤ 0.5 (top Δ)": 256}}},
     "steering": {
         "saes": {"chat": {}, "webtext_chat": {}}, "matching_k": {"chat (delta)": 1, "webtext_chat (delta)": 4},
@@ -53,9 +59,16 @@ BREAKS = {
         {"harmful · harmful_val · ablation": _rate(0.4)}),
     "adding r induces refusal, public split harmless_val": lambda d: d["refusal_direction"]["public_refusal_rate"]
     .update({"harmless · harmless_val · actadd": _rate(0.2)}),
-    "the chat SAE reconstructs r more faithfully": lambda d: d["decompose_refusal_direction"]["faithfulness"]["pos -1"]
+    "the chat SAE reconstructs r more faithfully than the webtext_chat SAE (cosine; their prompts": lambda d:
+    d["decompose_refusal_direction"]["protocols"]["Kissane · no system turn"]["faithfulness"]["differences"].update(
+        {"chat - webtext_chat": {"cosine": _ci(0.05, -0.05, 0.15)}}),
+    "the chat SAE's best latent is closer to r (max decoder cosine; their prompts": lambda d:
+    d["decompose_refusal_direction"]["protocols"]["Kissane · no system turn"]["max_decoder_cosine"]["chat"].update(
+        {"cosine": 0.1}),
+    "the chat SAE reconstructs r more faithfully than the webtext_chat SAE (cosine; our sets": lambda d: d["decompose_refusal_direction"]["faithfulness"]["pos -1"]
     ["differences"].update({"chat - webtext_chat": {"cosine": _ci(0.1, -0.02, 0.2)}}),
-    "the chat SAE's best latent is closer": lambda d: d["decompose_refusal_direction"]["max_decoder_cosine"]["chat"]
+    "the chat SAE's best latent is closer to r (max decoder cosine; our sets": lambda d:
+    d["decompose_refusal_direction"]["max_decoder_cosine"]["chat"]
     .update({"cosine": 0.1}),
     "the chat SAE reconstructs r more sparsely": lambda d: d["decompose_refusal_direction"]["smallest_k"]["chat"]
     .update({"k for rel. MSE ≤ 0.5 (top Δ)": 512}),
