@@ -91,7 +91,7 @@ def test_kl_is_zero_for_identical_and_positive_otherwise():
 def test_kl_by_hand_and_its_direction():
     """KL(clean || other): p = softmax([0, ln 3]) = [1/4, 3/4], q = [1/2, 1/2]:
     1/4 ln(1/2) + 3/4 ln(3/2) = 0.130812...; the other way round, 1/2 ln 2 + 1/2 ln(2/3) = 0.143841..."""
-    p, q = torch.tensor([[0.0, math.log(3)]]), torch.zeros(1, 2)
+    p, q = torch.tensor([[0.0, math.log(3)]], dtype=torch.float64), torch.zeros(1, 2, dtype=torch.float64)
     assert kl_last_token(p, q).item() == pytest.approx(0.25 * math.log(0.5) + 0.75 * math.log(1.5), abs=1e-12)
     assert kl_last_token(q, p).item() == pytest.approx(0.5 * math.log(2) + 0.5 * math.log(2 / 3), abs=1e-12)
 
