@@ -1,10 +1,11 @@
-"""Benchmark: the project's greedy loop (`generation.generate`) vs Hugging Face's `generate` (`generate_with_hf`), side by side.
+"""Benchmark: the project's greedy loop (`generate_with_loop`) vs Hugging Face's `generate` (`generate_with_hf`), side by side.
 
 Both get the same prompts, batches, interventions and shared prompt prefix (computed once and copied into each
 batch's cache); they differ only in the decoding loop: ours drops a row from the batch once it has finished, HF's
 keeps finished rows and pads them. Two regimes:
 - `fixed`: no token ends a row, every row generates `--new-tokens` (equal work; the loops' raw overhead);
 - `eos`: real stopping on our harmful and harmless validation prompts (what the notebooks do).
+`generation.generate` uses whichever won in each regime (docs/benchmarks.md).
 Each (regime, intervention, implementation) is timed `--repeats` times in alternation; the script prints the median
 and range of tokens/s and whether the two produced identical text, and writes JSON with `--out`.
 
@@ -22,7 +23,7 @@ from pathlib import Path
 import torch
 
 from helpers.config import get_config
-from helpers.generation import generate, generate_with_hf
+from helpers.generation import generate_with_hf, generate_with_loop
 from helpers.hooks import NO_INTERVENTION, Intervention
 from helpers.instructions import instructions_only, load_instructions
 from helpers.models import load_from_config
@@ -35,7 +36,7 @@ PROMPTS = [
     "Explain photosynthesis briefly.", "Write a haiku about autumn.", "How do vaccines work?",
     "Give tips for a job interview.",
 ]
-IMPLEMENTATIONS = {"our loop": generate, "hf.generate": generate_with_hf}
+IMPLEMENTATIONS = {"our loop": generate_with_loop, "hf.generate": generate_with_hf}
 
 
 def main() -> None:
@@ -61,7 +62,7 @@ def main() -> None:
                    + instructions_only(load_instructions("harmless", split="val", n=args.n_eos)))
     regimes = {"fixed": ((PROMPTS * (args.batch_size // len(PROMPTS) + 1))[: args.batch_size], False),
                "eos": (eos_prompts, True)}
-    generate(model, PROMPTS[:2], max_new_tokens=4, batch_size=2, progress=False)  # warm-up
+    generate_with_loop(model, PROMPTS[:2], max_new_tokens=4, batch_size=2, progress=False)  # warm-up
     generate_with_hf(model, PROMPTS[:2], max_new_tokens=4, batch_size=2)
     rows = []
     for regime, (prompts, stop) in regimes.items():
@@ -70,7 +71,7 @@ def main() -> None:
             texts: dict[str, list[str]] = {}
             for _ in range(args.repeats):
                 for name, fn in IMPLEMENTATIONS.items():  # alternate, so drift in machine load hits both
-                    kwargs = {"progress": False} if fn is generate else {}
+                    kwargs = {"progress": False} if fn is generate_with_loop else {}
                     start = time.perf_counter()
                     texts[name] = fn(model, prompts, iv, max_new_tokens=args.new_tokens, batch_size=args.batch_size,
                                      stop_at_eos=stop, **kwargs)
