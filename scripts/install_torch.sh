@@ -12,8 +12,8 @@ install_torch() {
   elif command -v nvidia-smi >/dev/null && nvidia-smi -L 2>/dev/null | grep -q GPU; then
     echo "== torch $TORCH: an NVIDIA GPU is present, so the default (CUDA) build"
     python -m pip install -q "torch==$TORCH"
-  elif python -m pip install -q --timeout 30 --extra-index-url https://download.pytorch.org/whl/cpu "torch==$TORCH+cpu"; then
-    echo "== torch $TORCH+cpu: no NVIDIA GPU, so the CPU build (PyTorch's CPU wheel index)"
+  elif python -m pip install -q --retries 0 --timeout 30 --extra-index-url https://download.pytorch.org/whl/cpu "torch==$TORCH+cpu"; then
+    echo "== torch $TORCH+cpu: no NVIDIA GPU, so the CPU build (from PyTorch's CPU wheel index, or a local copy of it)"
   else
     echo "== torch $TORCH: PyTorch's CPU wheel index could not be reached, so the plain install (on Linux the CUDA build, several GB)"
     python -m pip install -q "torch==$TORCH"
