@@ -9,6 +9,7 @@ job at once. Runs the smoke job about twice (~8 min on 2 cores); `-m "not slow"`
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -120,14 +121,21 @@ def _outputs(run_dir: Path) -> dict[str, object]:
     return out
 
 
-def _differences(a, b, path="") -> list[str]:
+def _differences(a, b, path="", roots: tuple[str, str] = ("", "")) -> list[str]:
+    """Where two results differ. Paths are compared relative to each run's folder (`roots`); floats to 1e-9
+    relative: least-squares fits (LAPACK through multithreaded MKL) differ between processes in the last bits
+    (seen: 0.7285132049386888 against ...884), which is not what a broken resume looks like."""
+    if isinstance(a, str) and isinstance(b, str) and roots[0]:
+        a, b = a.replace(roots[0], "<run>"), b.replace(roots[1], "<run>")
+    if isinstance(a, float) and isinstance(b, float):
+        return [] if math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12) or (a != a and b != b) else [f"{path}: {a} != {b}"]
     if isinstance(a, dict) and isinstance(b, dict):
         diffs = [f"{path}/{k}: only in {'first' if k in a else 'second'}" for k in set(a) ^ set(b)]
         for k in sorted(set(a) & set(b)):
-            diffs += _differences(a[k], b[k], f"{path}/{k}")
+            diffs += _differences(a[k], b[k], f"{path}/{k}", roots)
         return diffs
     if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _differences(x, y, f"{path}[{i}]")]
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _differences(x, y, f"{path}[{i}]", roots)]
     return [] if a == b else [f"{path}: {str(a)[:80]} != {str(b)[:80]}"]
 
 
@@ -172,7 +180,9 @@ def test_the_main_job_survives_kill_9_anywhere(tmp_path):
     assert "left by a run that was killed while writing it" in text, "the temporary of the killed write is removed"
     ref, got = _outputs(reference / "smoke"), _outputs(run_dir)
     assert any(k.endswith("results.json") for k in ref) and any("saes/" in k for k in ref)
-    diffs = _differences(ref, got)
+    binary = [k for k in ref if not k.endswith("results.json")]
+    assert binary and all(ref[k] == got.get(k) for k in binary), "activation shards and SAE weights are byte-identical"
+    diffs = _differences(ref, got, roots=(str(reference / "smoke"), str(run_dir)))
     assert not diffs, "the resumed job differs from an uninterrupted one:\n" + "\n".join(diffs[:20])
     assert (run_dir / "report.html").stat().st_size > 1000
     for nb in sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb")):
