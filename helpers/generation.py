@@ -57,15 +57,8 @@ def generate_with_loop(model: LoadedModel, instructions: list[str], intervention
     end-of-sequence token leaves the batch. The intervention's hooks apply to every pass (the shared prefix too). An
     intervention with an `edit` may treat batch rows differently (`gradients.generate_steered` adds one vector per
     row), so it gets neither saving: whole left-padded prompts, every row kept to the end."""
-    instructions = check_instructions(instructions)
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}.")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
-    intervention.check(model.d_model, model.n_layers)
-    ids = [model.tokenizer(model.format_chat(i), add_special_tokens=True)["input_ids"] for i in instructions]
+    instructions, ids, shared = _prepared(model, instructions, intervention, max_new_tokens, batch_size)
     rows_alike = intervention.edit is None  # an edit may be a function of the batch row
-    shared = _common_prefix_length(ids) if rows_alike else 0
     out: dict[int, str] = {}
     batches = batched(_length_sorted(instructions), batch_size)
     with model.hooks(intervention):
@@ -97,16 +90,9 @@ def generate_with_hf(model: LoadedModel, instructions: list[str], intervention: 
     """`generate`'s batches and shared prefix, with Hugging Face's `generate` doing the decoding: the prefix's KV
     cache is computed once, copied into each batch's `generate` call, and finished rows stay in the batch (HF pads
     them). `scripts/bench_generation.py` times it against `generate_with_loop`."""
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}.")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
     import copy
 
-    instructions = check_instructions(instructions)
-    intervention.check(model.d_model, model.n_layers)
-    ids = [model.tokenizer(model.format_chat(i), add_special_tokens=True)["input_ids"] for i in instructions]
-    shared = _common_prefix_length(ids) if intervention.edit is None else 0
+    instructions, ids, shared = _prepared(model, instructions, intervention, max_new_tokens, batch_size)
     pad, dev, out = model.tokenizer.pad_token_id, model.device, {}
     eos = None if stop_at_eos else -1  # -1: no token ends a row, so every row runs max_new_tokens
     with model.hooks(intervention):
@@ -132,6 +118,21 @@ def generate_with_hf(model: LoadedModel, instructions: list[str], intervention: 
             for i, row in zip(batch, tokens[:, width:]):
                 out[i] = model.tokenizer.decode(row, skip_special_tokens=True)
     return [out[i] for i in range(len(instructions))]
+
+
+def _prepared(model: LoadedModel, instructions: list[str], intervention: Intervention, max_new_tokens: int,
+              batch_size: int) -> tuple[list[str], list[list[int]], int]:
+    """What both decoders start from, after checking their arguments: the instructions, each prompt's token ids,
+    and how many leading tokens all prompts share (0 for an intervention with an `edit`, which may treat batch rows
+    differently, so every row runs its whole prompt)."""
+    instructions = check_instructions(instructions)
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}.")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    intervention.check(model.d_model, model.n_layers)
+    ids = [model.tokenizer(model.format_chat(i), add_special_tokens=True)["input_ids"] for i in instructions]
+    return instructions, ids, (_common_prefix_length(ids) if intervention.edit is None else 0)
 
 
 def _common_prefix_length(ids: list[list[int]]) -> int:

@@ -2,14 +2,15 @@ import os
 
 import pytest
 
+from helpers.instructions import public_splits_folder
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "instructions")
 # Public splits (AdvBench/HarmBench/Alpaca ...) in the loaders' JSON format, when a folder of them sits
 # beside the repository (REFUSAL_PUBLIC_INSTRUCTIONS overrides); a plain clone has none.
-PUBLIC = os.environ.get("REFUSAL_PUBLIC_INSTRUCTIONS",
-                        os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "instructions"))
+PUBLIC = str(public_splits_folder())
 
 
 @pytest.fixture(scope="session")
