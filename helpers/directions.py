@@ -23,21 +23,25 @@ def post_instruction_positions(model: LoadedModel) -> list[int]:
 
 
 @torch.no_grad()
+def residuals_at(model: LoadedModel, instructions: list[str], positions: list[int]) -> Tensor:
+    """`blocks.L.hook_resid_pre` of each instruction at `positions`, every layer: `[n, n_positions, n_layers, d_model]`.
+
+    Runs the Hugging Face model with `output_hidden_states` (its `hidden_states[L]` is TransformerLens'
+    `blocks.L.hook_resid_pre`; left padding keeps negative positions aligned)."""
+    enc = model.tokenize_instructions(instructions)
+    out = model.hf.model(**enc, position_ids=position_ids(enc["attention_mask"]), output_hidden_states=True)
+    resid = torch.stack(out.hidden_states[: model.n_layers], dim=1)  # [batch, layer, pos, d_model]
+    return resid[:, :, positions, :].transpose(1, 2).float().cpu()
+
+
 def mean_activations(model: LoadedModel, instructions: list[str], positions: list[int],
                      batch_size: int = 16, desc: str = "mean activations") -> Tensor:
-    """Mean `blocks.L.hook_resid_pre` over instructions: `[n_positions, n_layers, d_model]`, float64.
-
-    Runs the Hugging Face model with `output_hidden_states` (its `hidden_states[L]` is
-    TransformerLens' `blocks.L.hook_resid_pre`; left padding keeps negative positions aligned).
-    """
+    """Mean `blocks.L.hook_resid_pre` over instructions: `[n_positions, n_layers, d_model]`, accumulated in float64."""
     if not instructions:
         raise ValueError("mean_activations needs at least one instruction.")
     total = torch.zeros(len(positions), model.n_layers, model.d_model, dtype=torch.float64)
     for batch in tqdm(batched(instructions, batch_size), desc=desc, unit="batch"):
-        enc = model.tokenize_instructions(batch)
-        out = model.hf.model(**enc, position_ids=position_ids(enc["attention_mask"]), output_hidden_states=True)
-        resid = torch.stack(out.hidden_states[: model.n_layers], dim=1)  # [batch, layer, pos, d_model]
-        total += resid[:, :, positions, :].permute(2, 1, 0, 3).double().sum(dim=2).cpu()
+        total += residuals_at(model, batch, positions).double().sum(dim=0)
     return total / len(instructions)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import time
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -49,37 +50,41 @@ def evaluate_refusal(model: LoadedModel, instructions: list[str], interventions:
     return results
 
 
-def _project_out_rows(weight: Tensor, r_hat: Tensor) -> Tensor:
-    """W - r r^T W for a weight whose *output* dimension (rows, nn.Linear layout) is d_model."""
+def project_out_of_weight(weight: Tensor, direction: Tensor) -> Tensor:
+    """W − r̂ r̂ᵀ W for a weight whose *output* dimension (rows, nn.Linear layout `[d_model, d_in]`) is d_model."""
+    r_hat = direction / direction.norm()
     return weight - torch.outer(r_hat, r_hat @ weight)
 
 
 @torch.no_grad()
-def orthogonalized_copy(hf_model, direction: Tensor):
+def orthogonalized_copy(hf_model, direction: Tensor,
+                        project: Callable[[Tensor, Tensor], Tensor] = project_out_of_weight):
     """A copy of a Hugging Face model with `direction` projected out of every matrix that writes to the
-    residual stream (token embedding, attention output, MLP output): ablation folded into the weights.
+    residual stream (token embedding, attention output, MLP output, their biases): ablation folded into the weights.
 
-    The unembedding is untied from the embedding first (Qwen2.5-0.5B ties them), so only the
-    writing side changes.
+    `project(weight, direction)` orthogonalizes one matrix in the nn.Linear layout `[d_model, d_in]` (a learner's
+    version plugs in here); the embedding `[vocab, d_model]` goes through it transposed, a bias as one column.
+    The unembedding is untied from the embedding first (Qwen2.5-0.5B ties them), so only the writing side changes.
     """
     hf = copy.deepcopy(hf_model)
-    r_hat = (direction / direction.norm()).to(next(hf.parameters()).dtype).to(next(hf.parameters()).device)
+    r = direction.to(next(hf.parameters()).dtype).to(next(hf.parameters()).device)
     emb = hf.get_input_embeddings()
     if hf.get_output_embeddings() is not None and hf.get_output_embeddings().weight is emb.weight:
         hf.get_output_embeddings().weight = torch.nn.Parameter(emb.weight.detach().clone())
-    emb.weight.data = emb.weight.data - torch.outer(emb.weight.data @ r_hat, r_hat)  # rows are token vectors
+    emb.weight.data = project(emb.weight.data.T, r).T.contiguous()  # rows are token vectors
     for layer in hf.model.layers:
         for linear in (layer.self_attn.o_proj, layer.mlp.down_proj):
-            linear.weight.data = _project_out_rows(linear.weight.data, r_hat)
+            linear.weight.data = project(linear.weight.data, r)
             if linear.bias is not None:
-                linear.bias.data = linear.bias.data - (linear.bias.data @ r_hat) * r_hat
+                linear.bias.data = project(linear.bias.data[:, None], r)[:, 0]
     return hf
 
 
 @torch.no_grad()
-def orthogonalization_check(model: LoadedModel, direction: Tensor, instructions: list[str]) -> float:
+def orthogonalization_check(model: LoadedModel, direction: Tensor, instructions: list[str],
+                            project: Callable[[Tensor, Tensor], Tensor] = project_out_of_weight) -> float:
     """Relative difference ||logits_orth - logits_hooked|| / ||logits_hooked|| over all real positions."""
-    orth = orthogonalized_copy(model.hf, direction)
+    orth = orthogonalized_copy(model.hf, direction, project)
     enc = model.tokenize_instructions(instructions)
     pos = position_ids(enc["attention_mask"])
     mask = enc["attention_mask"].bool()

@@ -20,6 +20,7 @@ Choices where the method is unpublished are marked in notebook 06.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -45,28 +46,49 @@ class RefusalGradient:
     target_layer: int
 
 
-def refusal_gradient(model: LoadedModel, instruction: str, source_layer: int, target_layer: int,
-                     r_target: Tensor) -> RefusalGradient:
-    """∇ R with respect to `blocks.{source_layer}.hook_resid_pre` at every position of one chat-formatted prompt
-    (no padding), R the projection of `blocks.{target_layer}.hook_resid_pre` at the last token on r̂_target."""
+def layer_map(model: LoadedModel, instruction: str, source_layer: int, target_layer: int
+              ) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+    """One chat-formatted prompt (no padding) as a differentiable map between two layers: its residual
+    `blocks.{source_layer}.hook_resid_pre` `[T, d_model]` and the function sending any such residual to
+    `blocks.{target_layer}.hook_resid_pre` `[T, d_model]` (the rest of the prompt, tokens and positions, fixed)."""
     model.check_layer(source_layer)
     model.check_layer(target_layer)
     if target_layer <= source_layer:
         raise ValueError(f"target_layer ({target_layer}) must come after source_layer ({source_layer}).")
+    ids = model.tokenize_instructions([instruction])["input_ids"].to(model.device)
+    with torch.no_grad():
+        source = model.tl(ids, stop_at_layer=source_layer)[0]
+
+    def forward(x: Tensor) -> Tensor:
+        def replace(acts: Tensor, hook) -> Tensor:
+            return x.to(acts.device, acts.dtype)[None]
+
+        with model.tl.hooks(fwd_hooks=[(f"blocks.{source_layer}.hook_resid_pre", replace)]):
+            return model.tl(ids, stop_at_layer=target_layer)[0]
+
+    return source, forward
+
+
+def projection_gradient(forward: Callable[[Tensor], Tensor], resid: Tensor, direction: Tensor) -> tuple[Tensor, float]:
+    """∇ₓ R at x = `resid` `[T, d]`, R = r̂ · forward(x)[-1] (the last token's target residual on the unit
+    `direction`): the gradient `[T, d]` and R."""
+    x = resid.detach().float().requires_grad_(True)
+    r_hat = (direction / direction.norm()).float()
+    with torch.enable_grad():
+        R = forward(x)[-1].float() @ r_hat.to(x.device)
+        (grad,) = torch.autograd.grad(R, x)
+    return grad, R.item()
+
+
+def refusal_gradient(model: LoadedModel, instruction: str, source_layer: int, target_layer: int,
+                     r_target: Tensor) -> RefusalGradient:
+    """∇ R with respect to `blocks.{source_layer}.hook_resid_pre` at every position of one chat-formatted prompt
+    (no padding), R the projection of `blocks.{target_layer}.hook_resid_pre` at the last token on r̂_target."""
+    source, forward = layer_map(model, instruction, source_layer, target_layer)
+    grad, R = projection_gradient(forward, source, r_target.to(model.device))
     ids = model.tokenize_instructions([instruction])["input_ids"]
-    r_hat = (r_target / r_target.norm()).to(model.device, torch.float32)
-    held: dict[str, Tensor] = {}
-
-    def leaf(acts: Tensor, hook) -> Tensor:  # the source residual as a leaf we can differentiate with respect to
-        held["x"] = acts.detach().requires_grad_(True)
-        return held["x"]
-
-    with torch.enable_grad(), model.tl.hooks(fwd_hooks=[(f"blocks.{source_layer}.hook_resid_pre", leaf)]):
-        target = model.tl(ids, stop_at_layer=target_layer)  # = blocks.{target_layer}.hook_resid_pre
-        R = target[0, -1].float() @ r_hat
-        (grad,) = torch.autograd.grad(R, held["x"])
     return RefusalGradient(instruction=instruction, tokens=model.tokenizer.convert_ids_to_tokens(ids[0].tolist()),
-                           source_acts=held["x"][0].detach().float().cpu(), grad=grad[0].float().cpu(), R=R.item(),
+                           source_acts=source.detach().float().cpu(), grad=grad.float().cpu(), R=R,
                            source_layer=source_layer, target_layer=target_layer)
 
 

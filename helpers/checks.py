@@ -1,0 +1,590 @@
+"""Checks for the exercises (teaching mode): one per exercise, each naming the mistake it finds.
+
+Every check runs the learner's function first on small random tensors (no model, under a second), compares it with
+this package's implementation, and, when it differs, tries the known mistakes for that exercise (sign flipped,
+direction not normalised, wrong position, only `hook_resid_pre` hooked, float16 accumulation, decoder rows not
+normalised ...): if the learner's answer is what a mistake would give, the check says so in one line. Given the
+model (or an SAE) it then compares on real activations too. A failed check raises `CheckFailed` (an AssertionError);
+a passed one prints one line starting with ✓.
+
+    from helpers import checks
+    checks.difference_of_means(difference_of_means)                 # random tensors only
+    checks.difference_of_means(difference_of_means, model, harmful, harmless)  # and on the model
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from helpers.hooks import Intervention, ablate_direction
+
+
+class CheckFailed(AssertionError):
+    """A learner's function gave a wrong answer; the message says which mistake it looks like."""
+
+
+@dataclass(frozen=True)
+class Mistake:
+    """What a known mistake would return on the check's inputs (`wrong()`), and the hint to give when it matches."""
+
+    hint: str
+    wrong: Callable[[], object]
+
+
+def _run(name: str, fn: Callable, *args):
+    try:
+        return fn(*args)
+    except NotImplementedError:
+        raise CheckFailed(f"{name} still raises NotImplementedError: write its body (or reveal the solution "
+                          "below it and run that cell).") from None
+    except CheckFailed:
+        raise
+    except Exception as e:  # noqa: BLE001 - the learner's error, shown with the check's context
+        raise CheckFailed(f"{name} raised {type(e).__name__}: {e}") from e
+
+
+def _as_tensor(name: str, value, like: Tensor) -> Tensor:
+    if isinstance(value, (int, float)):
+        value = torch.tensor(float(value))
+    if not isinstance(value, Tensor):
+        raise CheckFailed(f"{name} returned a {type(value).__name__}; it should return a torch.Tensor of shape "
+                          f"{tuple(like.shape)}.")
+    return value
+
+
+def _distance(a: Tensor, b: Tensor) -> float:
+    return (a.detach().double().cpu() - b.detach().double().cpu()).norm().item()
+
+
+def _compare(name: str, got, want: Tensor, mistakes: list[Mistake], where: str, rtol: float = 1e-4,
+             shape_hint: str = "") -> float:
+    """Relative error of `got` against `want`; CheckFailed naming the matching mistake when it is wrong."""
+    got = _as_tensor(name, got, want)
+    if tuple(got.shape) != tuple(want.shape):
+        raise CheckFailed(f"{name} returned shape {tuple(got.shape)} {where}; expected {tuple(want.shape)}"
+                          + (f": {shape_hint}" if shape_hint else "."))
+    if got.dtype in (torch.float16, torch.bfloat16):
+        raise CheckFailed(f"{name} returned {got.dtype}: accumulate in float32 or float64 — Qwen's residual has "
+                          "values near 10³, where float16 cannot hold the small differences that matter.")
+    if not bool(torch.isfinite(got).all()):
+        raise CheckFailed(f"{name} returned NaN or infinite values {where}.")
+    scale = max(want.detach().double().norm().item(), 1e-12)
+    error = _distance(got, want) / scale
+    if error <= rtol:
+        return error
+    matches = []  # (how close, hint) for each mistake whose answer the learner's is near
+    for m in mistakes:
+        wrong = m.wrong()
+        wrong = wrong if isinstance(wrong, Tensor) else torch.tensor(float(wrong))
+        if tuple(wrong.shape) != tuple(want.shape):
+            continue
+        gap = _distance(wrong, want)
+        if gap > 0 and _distance(got, wrong) <= 0.1 * gap:
+            matches.append((_distance(got, wrong) / gap, m.hint))
+    if matches:
+        raise CheckFailed(f"{name}: {min(matches)[1]}")
+    raise CheckFailed(f"{name} differs from the reference {where}: relative error {error:.2e} (tolerance "
+                      f"{rtol:.0e}). Compare it step by step with the docstring.")
+
+
+def _passed(name: str, stages: list[str]) -> None:
+    print(f"✓ {name}: matches helpers {' and '.join(stages)}.")
+
+
+def _generator(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# -- 03 · the refusal direction ---------------------------------------------------------------------------------
+
+def difference_of_means(fn: Callable[[Tensor, Tensor], Tensor], model=None, harmful: list[str] | None = None,
+                        harmless: list[str] | None = None) -> None:
+    """Check `fn(harmful_acts, harmless_acts)`: residuals `[n, n_positions, n_layers, d_model]` of each side ->
+    r `[n_positions, n_layers, d_model]`, the mean over harmful prompts minus the mean over harmless ones."""
+    name = "difference_of_means"
+    g = _generator()
+    # Qwen-like: a large shared offset (massive activations ~10³) and a small difference between the sides
+    offset = 1000 * torch.randn(1, 3, 4, 8, generator=g)
+    h = offset + torch.randn(7, 3, 4, 8, generator=g) + 0.05
+    hl = offset + torch.randn(5, 3, 4, 8, generator=g)
+    want = h.double().mean(0) - hl.double().mean(0)
+    mistakes = [
+        Mistake("the sign is flipped: r is mean(harmful) − mean(harmless), pointing towards refusal.", lambda: -want),
+        Mistake("r is normalised; keep the raw difference (its norm is the size of the harmful/harmless gap, and "
+                "activation addition adds r itself).", lambda: want / want.norm(dim=-1, keepdim=True)),
+        Mistake("the means lost precision: accumulate in float32 or float64 (the residual has values near 10³; "
+                "float16 rounds them to ±0.5).", lambda: (h.half().mean(0) - hl.half().mean(0)).double()),
+    ]
+    _compare(name, _run(name, fn, h, hl), want, mistakes, "on random tensors [7 and 5 prompts, 3 positions, "
+             "4 layers, d_model 8]", rtol=1e-5,
+             shape_hint="average over prompts (dim 0) only; keep one direction per position and layer.")
+    stages = ["on random tensors"]
+    if model is not None:
+        from helpers.directions import candidate_directions, post_instruction_positions, residuals_at
+
+        harmful, harmless = (harmful or [])[:4], (harmless or [])[:4]
+        if not harmful or not harmless:
+            raise ValueError("checks.difference_of_means with a model needs harmful= and harmless= instructions.")
+        positions = post_instruction_positions(model)
+        got = _run(name, fn, residuals_at(model, harmful, positions), residuals_at(model, harmless, positions))
+        ref = candidate_directions(model, harmful, harmless)
+        _compare(name, got, ref, [Mistake("the sign is flipped: harmful minus harmless.", lambda: -ref)],
+                 f"on the model ({len(harmful)} + {len(harmless)} prompts)", rtol=1e-4)
+        stages.append("on the model")
+    _passed(name, stages)
+
+
+HOOK_POINTS = ("hook_resid_pre", "hook_attn_out", "hook_mlp_out")
+
+
+class _FakeHook:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+def _hook_names(hooks) -> list[str]:
+    if not isinstance(hooks, (list, tuple)) or not all(isinstance(h, (list, tuple)) and len(h) == 2 for h in hooks):
+        raise CheckFailed("return a list of (hook name, hook function) pairs, as TransformerLens' fwd_hooks take.")
+    return [h[0] for h in hooks]
+
+
+def _apply_hooks(hooks, acts: Tensor) -> dict[str, Tensor]:
+    out = {}
+    for hook_name, f in hooks:
+        result = f(acts.clone(), _FakeHook(hook_name))
+        if result is None:
+            raise CheckFailed(f"the hook on {hook_name} returned None: return the edited activations.")
+        out[hook_name] = result
+    return out
+
+
+def _ablation_names(hooks, n_layers: int) -> None:
+    names = _hook_names(hooks)
+    want_names = {f"blocks.{L}.{p}" for L in range(n_layers) for p in HOOK_POINTS}
+    if set(names) != want_names:
+        missing = sorted(want_names - set(names))
+        if names and all(n.endswith("hook_resid_pre") for n in names):
+            raise CheckFailed("only hook_resid_pre is hooked: attention and MLP outputs write r back inside each "
+                              "layer; hook blocks.L.hook_attn_out and blocks.L.hook_mlp_out too.")
+        layers = sorted({int(n.split(".")[1]) for n in names if n.split(".")[1].isdigit()})
+        if names and layers != list(range(n_layers)):
+            raise CheckFailed(f"hook every layer 0..n_layers-1 (n_layers={n_layers}); yours hooks layers "
+                              f"{layers[:6]}{' ...' if len(layers) > 6 else ''}.")
+        raise CheckFailed(f"the hook names differ from what ablation needs; missing {missing[:4]}, "
+                          f"unexpected {sorted(set(names) - want_names)[:4]}.")
+
+
+def ablation_hooks(fn: Callable[[Tensor, int], list], model=None, direction: Tensor | None = None,
+                   prompts: list[str] | None = None) -> None:
+    """Check `fn(direction, n_layers)` -> TransformerLens fwd_hooks that project r̂ out of
+    `blocks.L.hook_resid_pre`, `hook_attn_out` and `hook_mlp_out` at every layer L."""
+    name = "ablation_hooks"
+    g = _generator(1)
+    n_layers, d = 3, 8
+    r = 5 * torch.randn(d, generator=g)
+    _ablation_names(_run(name, fn, r, n_layers), n_layers)
+    hooks = _run(name, fn, r, n_layers)
+    acts = 3 * torch.randn(2, 5, d, generator=g)
+    want = ablate_direction(acts, r)
+    r_unit = r / r.norm()
+    mistakes = [
+        Mistake("the direction is not normalised: project onto r̂ = r/‖r‖ (with r itself you remove ‖r‖² times "
+                "the component).", lambda: acts - (acts @ r)[..., None] * r),
+        Mistake("you add the projection instead of subtracting it: x − (x·r̂) r̂.",
+                lambda: acts + (acts @ r_unit)[..., None] * r_unit),
+        Mistake("the orthogonal part is lost: keep x − (x·r̂) r̂, not the projection itself.",
+                lambda: (acts @ r_unit)[..., None] * r_unit),
+        Mistake("everything is zeroed: only the component along r̂ should go.", lambda: torch.zeros_like(acts)),
+    ]
+    for hook_name, got in _apply_hooks(hooks, acts).items():
+        _compare(name, got, want, mistakes, f"at {hook_name} on random activations [2, 5, 8]", rtol=1e-5)
+    stages = ["on random tensors"]
+    if model is not None:
+        hooks = _run(name, fn, direction, model.n_layers)
+        _ablation_names(hooks, model.n_layers)
+        _model_logits_match(name, model, hooks=hooks, reference=Intervention(ablate=direction), prompts=prompts)
+        stages.append("on the model")
+    _passed(name, stages)
+
+
+def _model_logits_match(name: str, model, hooks, reference: Intervention, prompts: list[str] | None,
+                        rtol: float = 1e-3) -> None:
+    from helpers.generation import last_token_logits
+
+    if not prompts:
+        raise ValueError(f"checks.{name} with a model needs prompts=[...] (two or three instructions).")
+    prompts = prompts[:3]
+    with model.hooks(reference):
+        want = last_token_logits(model, prompts)
+    with model.tl.hooks(fwd_hooks=hooks):
+        got = last_token_logits(model, prompts)
+    error = _distance(got, want) / want.double().norm().item()
+    if error > rtol:
+        raise CheckFailed(f"{name}: on the model, the last-token logits with your hooks differ from helpers' by "
+                          f"{error:.2e} (relative) on {len(prompts)} prompts; it passed on random tensors, so "
+                          "check the hook names' layer range and that the direction is on the model's device/dtype.")
+
+
+LAYOUT = ("the rows of an nn.Linear weight are its outputs (d_model here, `weight` is [d_model, d_in]): remove r̂ "
+          "from the d_model side, W − r̂ (r̂ᵀ W).")
+
+
+def orthogonalize(fn: Callable[[Tensor, Tensor], Tensor], model=None, direction: Tensor | None = None,
+                  prompts: list[str] | None = None) -> None:
+    """Check `fn(weight, direction)`: a weight whose rows live in the residual stream (nn.Linear layout
+    `[d_model, d_in]`, as `o_proj` and `down_proj`) -> W − r̂ r̂ᵀ W, which can no longer write along r."""
+    name = "orthogonalize"
+    g = _generator(2)
+    W = torch.randn(8, 12, generator=g)
+    r = 4 * torch.randn(8, generator=g)
+    r_unit = r / r.norm()
+    want = W - torch.outer(r_unit, r_unit @ W)
+    mistakes = [
+        Mistake("the direction is not normalised: use r̂ = r/‖r‖ in W − r̂ r̂ᵀ W.", lambda: W - torch.outer(r, r @ W)),
+        Mistake("the sign is flipped: subtract r̂ r̂ᵀ W.", lambda: W + torch.outer(r_unit, r_unit @ W)),
+        Mistake("you returned r̂ r̂ᵀ W, the part to remove; return W minus it.", lambda: torch.outer(r_unit, r_unit @ W)),
+    ]
+    mistakes.append(Mistake("the weight came back unchanged: remove r̂ r̂ᵀ W from it.", lambda: W))
+    try:
+        got = fn(W.clone(), r)
+    except (RuntimeError, IndexError) as e:
+        if "size" in str(e) or "shape" in str(e) or "dimension" in str(e):
+            raise CheckFailed(f"{name}: {LAYOUT} ({type(e).__name__}: {e})") from e
+        got = _run(name, fn, W.clone(), r)
+    except NotImplementedError:
+        got = _run(name, fn, W.clone(), r)
+    _compare(name, got, want, mistakes, "on a random [8, 12] weight", rtol=1e-5,
+             shape_hint=LAYOUT)
+    stages = ["on random tensors"]
+    if model is not None:
+        from helpers.evaluation import orthogonalization_check
+
+        if not prompts:
+            raise ValueError("checks.orthogonalize with a model needs prompts=[...].")
+        diff = orthogonalization_check(model, direction, prompts[:3], project=lambda w, d: _run(name, fn, w, d))
+        if diff > 1e-3:
+            raise CheckFailed(f"{name}: the model with your orthogonalized weights differs from ablation by "
+                              f"{diff:.2e} (relative logits); it passed on random tensors, so check dtype/device.")
+        stages.append(f"on the model (logits equal ablation's to {diff:.0e})")
+    _passed(name, stages)
+
+
+def addition_hooks(fn: Callable[[Tensor, int, float], list], model=None, direction: Tensor | None = None,
+                   layer: int | None = None, prompts: list[str] | None = None) -> None:
+    """Check `fn(vector, layer, coeff)` -> fwd_hooks that add coeff · vector (r itself, not normalised) to
+    `blocks.{layer}.hook_resid_pre` at every position, and nowhere else."""
+    name = "addition_hooks"
+    g = _generator(3)
+    r = 5 * torch.randn(8, generator=g)
+    hooks = _run(name, fn, r, 1, 1.5)
+    names = _hook_names(hooks)
+    if names != ["blocks.1.hook_resid_pre"]:
+        if len(names) > 1:
+            raise CheckFailed(f"add r at one layer only (blocks.{{layer}}.hook_resid_pre); yours hooks {names[:4]}"
+                              f"{' ...' if len(names) > 4 else ''}.")
+        raise CheckFailed(f"hook blocks.{{layer}}.hook_resid_pre (here blocks.1.hook_resid_pre); yours hooks {names}.")
+    acts = 3 * torch.randn(2, 5, 8, generator=g)
+    want = acts + 1.5 * r
+    last_only = acts.clone()
+    last_only[:, -1] += 1.5 * r
+    mistakes = [
+        Mistake("the vector was normalised: add coeff · r itself, whose norm is the harmful/harmless gap.",
+                lambda: acts + 1.5 * r / r.norm()),
+        Mistake("the sign is flipped: addition adds +coeff · r.", lambda: acts - 1.5 * r),
+        Mistake("only the last position is steered: add at every position.", lambda: last_only),
+        Mistake("coeff is ignored: add coeff · r.", lambda: acts + r),
+    ]
+    _compare(name, _apply_hooks(hooks, acts)["blocks.1.hook_resid_pre"], want, mistakes,
+             "on random activations [2, 5, 8]", rtol=1e-5)
+    stages = ["on random tensors"]
+    if model is not None:
+        _model_logits_match(name, model, hooks=_run(name, fn, direction, layer, 1.0),
+                            reference=Intervention(add=direction, add_layer=layer), prompts=prompts)
+        stages.append("on the model")
+    _passed(name, stages)
+
+
+# -- 04 · the direction in an SAE's latents -----------------------------------------------------------------------
+
+def random_sae(d_in: int = 16, d_sae: int = 64, seed: int = 0):
+    """A small sae_lens StandardSAE with random weights (non-unit decoder rows, a non-zero b_dec), for checks."""
+    from sae_lens import StandardSAE, StandardSAEConfig
+
+    torch.manual_seed(seed)
+    sae = StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=d_sae, dtype="float32", device="cpu"))
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.normal_(0, 0.3)
+        sae.W_dec.mul_(torch.rand(d_sae, 1, generator=_generator(seed)) * 3 + 0.2)
+    return sae
+
+
+def reconstruction(fn: Callable, sae=None, harmful: Tensor | None = None, harmless: Tensor | None = None) -> None:
+    """Check `fn(sae, harmful_acts, harmless_acts)` -> (cosine, relative MSE) of r̂ = mean SAE(harmful) − mean
+    SAE(harmless) against r = mean harmful − mean harmless (acts `[n, d_model]`; Kissane et al.'s metric)."""
+    from helpers import decomposition as dec
+
+    name = "reconstruction"
+    small = random_sae()
+    g = _generator(4)
+    h = torch.randn(20, 16, generator=g) + 0.8
+    hl = torch.randn(24, 16, generator=g)
+
+    def reference(s, a, b):
+        f = dec.faithfulness(a, b, dec.reconstruct(s, a), dec.reconstruct(s, b))
+        return torch.tensor([f["cosine"], f["relative_mse"]], dtype=torch.float64)
+
+    def wrong(r_hat_of):
+        r = h.double().mean(0) - hl.double().mean(0)
+        r_hat = r_hat_of(r).double()
+        return torch.tensor([dec.cosine(r_hat, r), dec.relative_mse(r_hat, r)], dtype=torch.float64)
+
+    rec = lambda x: dec.reconstruct(small, x)  # noqa: E731
+    mistakes = [
+        Mistake("you passed r itself through the SAE: reconstruct each prompt's activation, then take the difference "
+                "of the means of the reconstructions (the SAE is not linear: b_dec and the ReLU).",
+                lambda: wrong(lambda r: rec(r[None].float())[0])),
+        Mistake("only the harmful side is reconstructed: r̂ = mean SAE(harmful) − mean SAE(harmless).",
+                lambda: wrong(lambda r: rec(h).double().mean(0) - hl.double().mean(0))),
+        Mistake("the relative MSE is divided by ‖r̂‖²; divide ‖r̂ − r‖² by ‖r‖² (the true direction's size).",
+                lambda: _swap_mse_norm(h, hl, rec)),
+    ]
+    got = _run(name, fn, small, h, hl)
+    if not isinstance(got, (tuple, list)) or len(got) != 2:
+        raise CheckFailed(f"{name} should return a pair (cosine, relative_mse), got {type(got).__name__}.")
+    _compare(name, torch.tensor([float(got[0]), float(got[1])], dtype=torch.float64), reference(small, h, hl),
+             mistakes, "with a random SAE (d_in 16, 64 latents)", rtol=1e-4)
+    stages = ["on a random SAE"]
+    if sae is not None:
+        got = _run(name, fn, sae, harmful, harmless)
+        _compare(name, torch.tensor([float(got[0]), float(got[1])], dtype=torch.float64),
+                 reference(sae, harmful, harmless), [], "on the SAE and the model's activations", rtol=1e-3)
+        stages.append("on the SAE")
+    _passed(name, stages)
+
+
+def _swap_mse_norm(h: Tensor, hl: Tensor, rec) -> Tensor:
+    from helpers import decomposition as dec
+
+    r = h.double().mean(0) - hl.double().mean(0)
+    r_hat = rec(h).double().mean(0) - rec(hl).double().mean(0)
+    return torch.tensor([dec.cosine(r_hat, r), ((r_hat - r).pow(2).sum() / r_hat.pow(2).sum()).item()],
+                        dtype=torch.float64)
+
+
+def max_cosine_latent(fn: Callable[[Tensor, Tensor], tuple], sae=None, r: Tensor | None = None) -> None:
+    """Check `fn(W_dec, r)` -> (latent index, its cosine): the latent whose decoder row (`W_dec` `[d_sae, d]`,
+    rows of any norm) has the largest cosine with r."""
+    name = "max_cosine_latent"
+    g = _generator(5)
+    d = 16
+    r_small = torch.randn(d, generator=g) * 3
+    W = torch.randn(40, d, generator=g)
+    u = r_small / r_small.norm()
+    W[7] = 0.9 * u + 0.1 * torch.randn(d, generator=g)  # the closest direction, short row
+    W[19] = 10 * (0.5 * u + torch.randn(d, generator=g) / d ** 0.5)  # long row, larger dot product, smaller cosine
+    W[23] = -0.97 * u * 2  # most anti-aligned: largest |cosine|
+    unit = W / W.norm(dim=-1, keepdim=True)
+
+    def pick(scores: Tensor, norm: Tensor) -> Tensor:
+        i = int(scores.argmax())
+        return torch.tensor([float(i), float(scores[i] / norm)], dtype=torch.float64)
+
+    want = pick(unit @ r_small, r_small.norm())
+    mistakes = [
+        Mistake("decoder rows are not normalised: a long row wins on the dot product; divide each row by its norm.",
+                lambda: pick(W @ r_small, r_small.norm() * W[int((W @ r_small).argmax())].norm())),
+        Mistake("you ranked by |cosine|: the latent should point *towards* r (a large negative cosine is the "
+                "opposite feature).", lambda: pick((unit @ r_small).abs(), r_small.norm())),
+        Mistake("the cosine is not divided by ‖r‖.", lambda: pick(unit @ r_small, torch.tensor(1.0))),
+    ]
+    got = _run(name, fn, W.clone(), r_small)
+    _compare(name, _pair(name, got), want, mistakes, "on a random decoder [40, 16]", rtol=1e-5)
+    stages = ["on a random decoder"]
+    if sae is not None and r is not None:
+        from helpers.decomposition import unit_decoder
+
+        cos = unit_decoder(sae) @ (r.float().cpu() / r.float().cpu().norm())
+        _compare(name, _pair(name, _run(name, fn, sae.W_dec.detach().float().cpu(), r.float().cpu())),
+                 torch.tensor([float(cos.argmax()), float(cos.max())], dtype=torch.float64), [], "on the SAE", rtol=1e-4)
+        stages.append("on the SAE")
+    _passed(name, stages)
+
+
+def _pair(name: str, got) -> Tensor:
+    if not isinstance(got, (tuple, list)) or len(got) != 2:
+        raise CheckFailed(f"{name} should return a pair (latent index, cosine), got {type(got).__name__}.")
+    return torch.tensor([float(got[0]), float(got[1])], dtype=torch.float64)
+
+
+def least_squares(fn: Callable[[Tensor, Tensor], float], sae=None, r: Tensor | None = None,
+                  latents: list[int] | None = None) -> None:
+    """Check `fn(atoms, target)` -> relative MSE ‖Σ cᵢ atomᵢ − target‖² / ‖target‖² of the best coefficients
+    (a joint least-squares fit; `atoms` `[k, d]`, e.g. the decoder rows of the top-k latents)."""
+    from helpers.decomposition import least_squares_relative_mse
+
+    name = "least_squares"
+    g = _generator(6)
+    base = torch.randn(3, 16, generator=g)
+    atoms = base + 0.8 * base[[1, 2, 0]]  # correlated atoms: separate projections are not the joint fit
+    target = 0.5 * torch.randn(16, generator=g) + 2 * atoms[0] + atoms[1] - atoms[2]
+    want = torch.tensor(least_squares_relative_mse(atoms, target), dtype=torch.float64)
+
+    def separately() -> Tensor:
+        fit = sum((target @ a) / (a @ a) * a for a in atoms)
+        return torch.tensor(((fit - target).pow(2).sum() / target.pow(2).sum()).item(), dtype=torch.float64)
+
+    def best_single() -> Tensor:
+        errs = [1 - (target @ a).pow(2) / ((a @ a) * (target @ target)) for a in atoms]
+        return torch.tensor(float(min(errs)), dtype=torch.float64)
+
+    def unnormalised() -> Tensor:
+        return want * target.double().pow(2).sum()
+
+    mistakes = [
+        Mistake("the atoms were fitted one at a time (sum of separate projections): solve for all coefficients "
+                "jointly, e.g. torch.linalg.lstsq(atoms.T, target).", separately),
+        Mistake("that is the best single atom's error: fit all k atoms together.", best_single),
+        Mistake("the error is not relative: divide ‖fit − target‖² by ‖target‖².", unnormalised),
+    ]
+    got = _run(name, fn, atoms.clone(), target.clone())
+    _compare(name, torch.tensor(float(got), dtype=torch.float64), want, mistakes, "on 3 correlated random atoms",
+             rtol=1e-4)
+    stages = ["on random atoms"]
+    if sae is not None and r is not None and latents:
+        rows = sae.W_dec.detach().float().cpu()[torch.tensor(latents)]
+        _compare(name, torch.tensor(float(_run(name, fn, rows, r.float().cpu())), dtype=torch.float64),
+                 torch.tensor(least_squares_relative_mse(rows, r.float().cpu()), dtype=torch.float64), [],
+                 f"on the SAE's top {len(latents)} latents", rtol=1e-3)
+        stages.append("on the SAE")
+    _passed(name, stages)
+
+
+# -- 05 · steering with a latent ---------------------------------------------------------------------------------
+
+def latent_interventions(fn: Callable, sae=None, layer: int | None = None, norm: float | None = None) -> None:
+    """Check `fn(sae, latent, layer, norm)` -> (ablation, addition): `Intervention(ablate=d̂)` projecting the
+    latent's unit decoder row out everywhere, and `Intervention(add=norm · d̂, add_layer=layer)`."""
+    from helpers import steering
+
+    name = "latent_interventions"
+    cases = [(random_sae(), 5, 2, 3.0)]
+    if sae is not None:
+        cases.append((sae, int(sae.W_dec.detach().norm(dim=-1).argmax()), layer, norm))
+    for s, latent, L, nrm in cases:
+        got = _run(name, fn, s, latent, L, nrm)
+        if not isinstance(got, (tuple, list)) or len(got) != 2 or not all(isinstance(x, Intervention) for x in got):
+            raise CheckFailed(f"{name} should return two helpers.hooks.Intervention objects: (ablation, addition).")
+        ablation, addition = got
+        want_ablate = steering.latent_ablation(s, [latent]).ablate
+        want_add = steering.latent_addition(s, latent, L, nrm)
+        if ablation.ablate is None or addition.add is None:
+            raise CheckFailed(f"{name}: the first Intervention needs ablate=, the second add= and add_layer=.")
+        if addition.add_layer != L:
+            raise CheckFailed(f"{name}: add at the SAE's layer (add_layer={L}), not {addition.add_layer}.")
+        a = ablation.ablate.detach().float().cpu().flatten()
+        cos = float(a @ want_ablate / (a.norm() * want_ablate.norm()))
+        W_enc = s.W_enc.detach().float().cpu()[:, latent]
+        if abs(float(a @ W_enc / (a.norm() * W_enc.norm()))) > 0.999 and abs(cos) < 0.999:
+            raise CheckFailed(f"{name}: that is the encoder's column; steer with the decoder row W_dec[latent], "
+                              "what the latent writes into the residual stream.")
+        if abs(cos) < 0.999:
+            raise CheckFailed(f"{name}: the ablation direction is not latent {latent}'s decoder row (cosine {cos:.3f}).")
+        mistakes = [
+            Mistake("the added vector is not normalised: scale the *unit* decoder row to `norm` (decoder rows have "
+                    "their own norms).", lambda: s.W_dec.detach().float().cpu()[latent] * nrm),
+            Mistake("the added vector points the wrong way: +norm · d̂.", lambda: -want_add.add),
+            Mistake("`norm` is ignored: add norm · d̂.", lambda: want_add.add / nrm),
+        ]
+        _compare(name, addition.add.detach().float().cpu(), want_add.add, mistakes, f"(latent {latent})", rtol=1e-4)
+        if float(addition.coeff) != 1.0:
+            raise CheckFailed(f"{name}: leave coeff at 1 and put the scale in add= (you set coeff={addition.coeff}).")
+    _passed(name, ["on a random SAE"] + (["on the SAE"] if sae is not None else []))
+
+
+# -- 06 · the refusal gradient -----------------------------------------------------------------------------------
+
+def _causal_map(d: int, seed: int = 7) -> Callable[[Tensor], Tensor]:
+    """A small causal map [T, d] -> [T, d] (each position mixes itself and the running mean before it)."""
+    g = _generator(seed)
+    A, B = torch.randn(d, d, generator=g) / d ** 0.5, torch.randn(d, d, generator=g) / d ** 0.5
+
+    def forward(x: Tensor) -> Tensor:
+        running = x.cumsum(0) / torch.arange(1, len(x) + 1, dtype=x.dtype)[:, None]
+        return x + torch.tanh(x @ A + running @ B)
+
+    return forward
+
+
+def projection_gradient(fn: Callable, model=None, instruction: str | None = None, source_layer: int | None = None,
+                        target_layer: int | None = None, r_target: Tensor | None = None) -> None:
+    """Check `fn(forward, resid, direction)` -> ∇ R `[T, d]` with respect to `resid` `[T, d]`, where
+    R = r̂ · forward(resid)[-1]: the last token's target-layer residual projected on the *unit* direction."""
+    from helpers import gradients as grads
+
+    name = "projection_gradient"
+    g = _generator(8)
+    forward = _causal_map(8)
+    x = torch.randn(6, 8, generator=g)
+    r = 4 * torch.randn(8, generator=g)
+    want, _ = grads.projection_gradient(forward, x, r)
+
+    def grad_of(read: Callable[[Tensor], Tensor]) -> Tensor:
+        xx = x.clone().requires_grad_(True)
+        with torch.enable_grad():
+            (out,) = torch.autograd.grad(read(forward(xx)), xx)
+        return out
+
+    mistakes = [
+        Mistake("r is not normalised: R projects on r̂ = r/‖r‖ (your gradient is ‖r‖ times too large).",
+                lambda: grad_of(lambda y: y[-1] @ r)),
+        Mistake("R reads every position: it is the projection of the *last* token only (the one that predicts "
+                "the reply).", lambda: grad_of(lambda y: (y @ (r / r.norm())).sum())),
+        Mistake("the sign is flipped: the gradient of +R.", lambda: -want),
+        Mistake("that is the gradient of the first position's projection: use forward(resid)[-1].",
+                lambda: grad_of(lambda y: y[0] @ (r / r.norm()))),
+    ]
+    got = _run(name, fn, forward, x.clone(), r.clone())
+    _compare(name, got, want, mistakes, "on a random causal map (6 positions, d 8)", rtol=1e-4)
+    stages = ["on a random map"]
+    if model is not None:
+        source, fwd = grads.layer_map(model, instruction, source_layer, target_layer)
+        ref = grads.refusal_gradient(model, instruction, source_layer, target_layer, r_target).grad
+        _compare(name, _run(name, fn, fwd, source, r_target.to(model.device)).detach().float().cpu(), ref, [],
+                 f"on the model (layers {source_layer} → {target_layer})", rtol=1e-3)
+        stages.append("on the model")
+    _passed(name, stages)
+
+
+def latent_scores(fn: Callable[[Tensor, Tensor], Tensor], sae=None, gradient: Tensor | None = None) -> None:
+    """Check `fn(W_dec, grad)` -> scores `[d_sae]`: the mean over prompt positions of each latent's *unit*
+    decoder row · the gradient at that position (`grad` `[T, d]`; the post's plain reading)."""
+    name = "latent_scores"
+    g = _generator(9)
+    W = torch.randn(30, 8, generator=g) * (torch.rand(30, 1, generator=g) * 3 + 0.2)
+    grad = torch.randn(5, 8, generator=g)
+    grad[-1] *= 4
+    unit = W / W.norm(dim=-1, keepdim=True)
+    want = (grad @ unit.T).mean(0)
+    mistakes = [
+        Mistake("decoder rows are not normalised: divide each row by its norm, or long rows win.",
+                lambda: (grad @ W.T).mean(0)),
+        Mistake("that is the last position only: average over every prompt position.", lambda: unit @ grad[-1]),
+        Mistake("that is the sum over positions: the published reading takes the mean.", lambda: (grad @ unit.T).sum(0)),
+        Mistake("the sign is flipped: score = d̂ₖ · g (positive = pushes towards refusal).", lambda: -want),
+    ]
+    _compare(name, _run(name, fn, W.clone(), grad.clone()), want, mistakes, "on a random decoder [30, 8]", rtol=1e-5,
+             shape_hint="one score per latent: reduce over positions.")
+    stages = ["on a random decoder"]
+    if sae is not None and gradient is not None:
+        from helpers.decomposition import unit_decoder
+
+        ref = (gradient.double().cpu() @ unit_decoder(sae).double().T).mean(0)
+        _compare(name, _run(name, fn, sae.W_dec.detach().float().cpu(), gradient.float().cpu()), ref, [],
+                 "on the SAE and the model's gradient", rtol=1e-4)
+        stages.append("on the SAE")
+    _passed(name, stages)
