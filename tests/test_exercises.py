@@ -1,0 +1,113 @@
+"""Teaching mode: the exercise notebooks are what the numbered notebooks generate (no drift), every stub fails its check
+with the stub's message, every solution passes it, and the exercise notebooks with their solutions filled in run in
+smoke mode (the last test, ~9 min on 2 cores; `-m "not slow"` leaves it out)."""
+
+import os
+import re
+
+import nbformat
+import pytest
+import torch
+
+from helpers import checks, exercises
+
+SOLUTIONS = exercises.solution_notebooks()
+CHECK_CALL = re.compile(r"checks\.(\w+)\((\w+)")
+
+
+def exercise_copy(path):
+    return nbformat.read(exercises.EXERCISES / path.name, as_version=4)
+
+
+def test_exercises_cover_what_the_issue_lists():
+    names = {p.name[:2]: [m.group(1) for c in nbformat.read(p, as_version=4).cells if "check" in c.metadata.get("tags", [])
+                          for m in CHECK_CALL.finditer(c.source)] for p in SOLUTIONS}
+    assert names == {"03": ["difference_of_means", "ablation_hooks", "addition_hooks", "orthogonalize"],
+                     "04": ["reconstruction", "least_squares", "max_cosine_latent"],
+                     "05": ["latent_interventions"], "06": ["projection_gradient", "latent_scores"]}
+
+
+def test_committed_exercise_notebooks_are_what_the_solutions_generate(tmp_path):
+    assert exercises.generate(check=True) == [], "run `python -m helpers.exercises` and commit notebooks/exercises/"
+    # and the check can fail: a changed solution makes the committed copy stale
+    sol = tmp_path / "solutions"
+    sol.mkdir()
+    nb = nbformat.read(SOLUTIONS[0], as_version=4)
+    nb.cells[-1].source += "\n\nOne more line."
+    nbformat.write(nb, sol / SOLUTIONS[0].name)
+    assert exercises.generate(check=True, solutions=sol) == [exercises.EXERCISES / SOLUTIONS[0].name]
+
+
+@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.name[:2])
+def test_filling_the_solutions_gives_back_the_solution_notebook(path):
+    solution = nbformat.read(path, as_version=4)
+    exercise = exercise_copy(path)
+    assert exercise.cells[1].metadata.get("tags") == ["objectives"], "an exercise notebook starts with objectives"
+    assert "Try this" in exercise.cells[-1].source or "Try this" in exercise.cells[-2].source
+    for cell in exercise.cells:
+        if "exercise" in cell.metadata.get("tags", []):
+            assert "NotImplementedError" in cell.source and "return " not in cell.source, cell.source
+    filled = exercises.fill_solutions(exercise)
+    code = lambda nb: [c.source for c in nb.cells if c.cell_type == "code"]  # noqa: E731
+    assert code(filled) == code(solution)
+
+
+def _namespace():
+    from typing import Callable
+
+    from torch import Tensor
+
+    from helpers.hooks import Intervention
+
+    return {"torch": torch, "Tensor": Tensor, "Callable": Callable, "Intervention": Intervention}
+
+
+@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.name[:2])
+def test_each_stub_fails_its_check_and_each_solution_passes(path, capsys):
+    cells = exercise_copy(path).cells
+    stubs = [c for c in cells if "exercise" in c.metadata.get("tags", [])]
+    solutions = [c.source[len(exercises.SOLUTION_OPEN):-len(exercises.SOLUTION_CLOSE)]
+                 for c in cells if "solution" in c.metadata.get("tags", [])]
+    calls = [m.groups() for c in cells if "check" in c.metadata.get("tags", []) for m in CHECK_CALL.finditer(c.source)]
+    assert len(stubs) == len(calls) >= 1
+    for stub_cell, (check, fn) in zip(stubs, calls):
+        ns = _namespace()
+        exec(stub_cell.source, ns)
+        with pytest.raises(checks.CheckFailed, match="still raises NotImplementedError"):
+            getattr(checks, check)(ns[fn])
+    assert len(solutions) == len(stubs)
+    for solution, (check, fn) in zip(solutions, calls):
+        ns = _namespace()
+        exec(solution, ns)
+        getattr(checks, check)(ns[fn])
+        assert f"✓ {check}" in capsys.readouterr().out
+
+
+def test_stub_keeps_signature_and_docstring_and_rejects_cells_without_a_function():
+    src = 'def f(x: int) -> int:\n    """Double it."""\n    y = 2 * x\n    return y\n'
+    out = exercises.stub(src)
+    assert out.startswith('def f(x: int) -> int:\n    """Double it."""\n    raise NotImplementedError(')
+    assert "return" not in out
+    with pytest.raises(ValueError, match="must define a function"):
+        exercises.stub("x = 1\n")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.name[:2])
+def test_exercise_notebooks_with_solutions_filled_in_run_in_smoke_mode(path):
+    """Executed like nbmake does (nbclient, a fresh kernel, the notebook's own folder as working directory)."""
+    from nbclient import NotebookClient
+
+    if os.environ.get("REFUSAL_PRESET", "smoke") != "smoke":
+        pytest.skip("runs in smoke mode only (REFUSAL_PRESET is set to another preset)")
+    nb = exercises.fill_solutions(exercise_copy(path))
+    env_before = os.environ.get("REFUSAL_PRESET")
+    os.environ["REFUSAL_PRESET"] = "smoke"
+    try:
+        NotebookClient(nb, timeout=900, kernel_name="python3",
+                       resources={"metadata": {"path": str(exercises.EXERCISES)}}).execute()
+    finally:
+        if env_before is None:
+            os.environ.pop("REFUSAL_PRESET", None)
+    outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert outputs.count("✓ ") >= sum("check" in c.metadata.get("tags", []) for c in nb.cells)
