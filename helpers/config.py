@@ -332,6 +332,33 @@ PRESETS: dict[str, Config] = {
     ),
 }
 
+# The teaching preset: the whole 00-06 in about 20 minutes on 2 CPU cores (the offline model and corpora, fewer prompts,
+# SAEs of 2,048 latents trained on ~25k cached tokens), and what a notebook opened cold builds its upstream with
+# (helpers.notebook.cold_start). Which of the papers' qualitative results hold at this size is measured in the
+# README ("Teach with it") and said in each notebook where one does not.
+PRESETS["teach"] = PRESETS["offline"].replace(
+    preset="teach",
+    n_train=48,
+    n_val=8,
+    n_test=16,
+    max_new_tokens=32,
+    generation_batch_size=16,
+    score_layer_step=2,
+    ce_windows=4,
+    ce_context_size=64,
+    cache_tokens=24_576,
+    cache_heldout_tokens=6_144,
+    cache_context_size=128,
+    cache_shard_tokens=8_192,
+    l1_start=(),
+    target_l0=40.0,
+    l0_tolerance=0.5,
+    l0_max_rounds=2,
+    sae_eval_windows=8,
+    sae=SAEConfig(d_sae=2048, l1_coefficient=4.3, lr=1e-3, l1_warm_up_fraction=0.05, training_tokens=196_608,
+                  train_batch_size_tokens=1024, context_size=128),
+)
+
 
 def get_config(preset: str | None = None, **overrides) -> Config:
     """The named preset (default: $REFUSAL_PRESET or "offline"), with optional overrides."""
@@ -339,4 +366,9 @@ def get_config(preset: str | None = None, **overrides) -> Config:
     if name not in PRESETS:
         raise ValueError(f"Unknown preset {name!r}; valid presets: {sorted(PRESETS)}")
     cfg = PRESETS[name]
+    if name == "teach" and "device" not in overrides:  # a class on Colab: the same sizes, on the GPU when there is one
+        import torch
+
+        if torch.cuda.is_available():
+            overrides = {**overrides, "device": "cuda"}
     return cfg.replace(**overrides) if overrides else cfg
