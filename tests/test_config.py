@@ -4,8 +4,11 @@ from helpers.config import OFFLINE_MODEL, PAPER_MODEL, PRESETS, ConfigError, get
 
 
 def test_presets_exist_with_expected_models():
-    assert set(PRESETS) == {"offline", "paper", "smoke"}
+    assert set(PRESETS) == {"offline", "paper", "smoke", "teach"}
     assert get_config("offline").model == OFFLINE_MODEL
+    teach = get_config("teach", device="cpu")
+    assert teach.model == OFFLINE_MODEL and teach.sae_hook == get_config("offline").sae_hook
+    assert teach.sae_corpora == get_config("offline").sae_corpora and teach.selection_fallback is False
     assert get_config("smoke").model == OFFLINE_MODEL
     paper = get_config("paper")
     assert paper.model == PAPER_MODEL == "Qwen/Qwen1.5-0.5B-Chat"
