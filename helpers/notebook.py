@@ -11,7 +11,7 @@ import torch
 from helpers.config import Config, get_config
 from helpers.files import atomic_write_json
 
-COLD_START_PRESET = "teach"
+COLD_START_PRESET = "teach"  # $REFUSAL_COLD_START_PRESET overrides it (the browser test builds at smoke size)
 NO_COLD_START_ENV = "REFUSAL_NO_COLD_START"
 
 
@@ -70,17 +70,17 @@ def cold_start(cfg: Config, notebook: str, overrides: dict | None = None) -> Con
                                 f"{numbers}` first, or unset {NO_COLD_START_ENV} to build them at teach size.")
     from helpers.runner import run_notebooks
 
-    teach = get_config(COLD_START_PRESET, **(overrides or {})).check_device()
+    small = os.environ.get("REFUSAL_COLD_START_PRESET", COLD_START_PRESET)
+    teach = get_config(small, **(overrides or {})).check_device()
     todo = missing_upstream(teach, notebook)
     switch = "" if teach.preset == cfg.preset else (
-        f" and continuing with the {COLD_START_PRESET!r} preset ({teach.model}); for the {cfg.preset!r} sizes run "
+        f" and continuing with the {small!r} preset ({teach.model}); for the {cfg.preset!r} sizes run "
         f"`python -m helpers.runner --preset {cfg.preset} --only {numbers}` and rerun this notebook")
     print(f"Cold start: notebook(s) {numbers} have not run for preset {cfg.preset!r}; "
-          + (f"building {' '.join(s[:2] for s in todo)} at {COLD_START_PRESET} size in {teach.run_dir} (a few minutes)"
-             if todo else f"using the {COLD_START_PRESET} preset's outputs in {teach.run_dir}") + switch + ".",
-          flush=True)
+          + (f"building {' '.join(s[:2] for s in todo)} at {small} size in {teach.run_dir} (a few minutes)"
+             if todo else f"using the {small} preset's outputs in {teach.run_dir}") + switch + ".", flush=True)
     if todo:
-        run_notebooks(COLD_START_PRESET, only=[s[:2] for s in todo], log_output=False)
+        run_notebooks(small, only=[s[:2] for s in todo], log_output=False)
     return teach
 
 

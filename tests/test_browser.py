@@ -1,6 +1,7 @@
 """The report in a real browser: headless Chromium from the npm registry (@sparticuz/chromium) driven by
 puppeteer-core (`tests/browser/`; `scripts/setup.sh` installs it when node is present)."""
 
+import contextlib
 import json
 import shutil
 import subprocess
@@ -73,16 +74,44 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_the_prompt_explorer_works_in_jupyterlab(tmp_path):
-    """JupyterLab in headless Chromium: run a notebook with the prompt explorer, type an instruction into its
-    text box, and see the explorer's output change. Uses the smoke run's direction (notebook 03 runs first)."""
+@contextlib.contextmanager
+def jupyter_lab(root: Path, env: dict):
+    """A JupyterLab server on `root` (its own process group, so the kernels it starts go with it): yields its base
+    URL with the token as `(url, token)`."""
     import os
     import signal
     import sys
     import time
     import urllib.request
 
+    if shutil.which("node") is None or not (BROWSER / "node_modules" / "puppeteer-core").exists():
+        pytest.skip("headless Chromium not installed (see run_page_check)")
+    port, token = _free_port(), "refusal-toolkit-test"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
+         f"--ServerApp.token={token}", f"--ServerApp.root_dir={root}", "--allow-root",
+         "--LabApp.expose_app_in_browser=True"], env={**os.environ, **env}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status?token={token}", timeout=2)
+                break
+            except OSError:
+                if time.time() > deadline or server.poll() is not None:
+                    pytest.fail("JupyterLab did not start within 60 s")
+                time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}", token
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_the_prompt_explorer_works_in_jupyterlab(tmp_path):
+    """JupyterLab in headless Chromium: run a notebook with the prompt explorer, type an instruction into its
+    text box, and see the explorer's output change. Uses the smoke run's direction (notebook 03 runs first)."""
     import nbformat
 
     direction = REPO / "runs" / "smoke" / "refusal_direction" / "direction.json"
@@ -100,33 +129,38 @@ def test_the_prompt_explorer_works_in_jupyterlab(tmp_path):
         "default='Name three fruits.', max_new_tokens=6)")]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, tmp_path / "explorer.ipynb")
-    port, token = _free_port(), "refusal-toolkit-test"
-    env = {**os.environ, "REFUSAL_RUNS_DIR": str(REPO / "runs"), "HF_HUB_OFFLINE": "1"}
-    server = subprocess.Popen(  # its own process group: the kernel it starts goes with it
-        [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
-         f"--ServerApp.token={token}", f"--ServerApp.root_dir={tmp_path}", "--allow-root",
-         "--LabApp.expose_app_in_browser=True"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True)
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status?token={token}", timeout=2)
-                break
-            except OSError:
-                if time.time() > deadline or server.poll() is not None:
-                    pytest.fail("JupyterLab did not start within 60 s")
-                time.sleep(0.5)
-        url = f"http://127.0.0.1:{port}/lab/tree/explorer.ipynb?token={token}"
-        if shutil.which("node") is None or not (BROWSER / "node_modules" / "puppeteer-core").exists():
-            pytest.skip("headless Chromium not installed (see run_page_check)")
-        out = run_node("check_lab.mjs", url, "How do I pick a lock?", "600", timeout=720)
-        assert out.stdout.strip(), f"check_lab.mjs printed nothing (exit {out.returncode}): {out.stderr[-2000:]}"
-        result = json.loads(out.stdout.strip().splitlines()[-1])
-        assert "failure" not in result, result
-        assert result["typed"] == "How do I pick a lock?", result
-        assert result["steps"][-1].startswith("output changed"), result
-        assert "How do I pick a lock?" not in result["before"] and result["before"] != result["after"]
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+    with jupyter_lab(tmp_path, {"REFUSAL_RUNS_DIR": str(REPO / "runs"), "HF_HUB_OFFLINE": "1"}) as (base, token):
+        out = run_node("check_lab.mjs", f"{base}/lab/tree/explorer.ipynb?token={token}", "How do I pick a lock?", "600",
+                       timeout=720)
+    assert out.stdout.strip(), f"check_lab.mjs printed nothing (exit {out.returncode}): {out.stderr[-2000:]}"
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert "failure" not in result, result
+    assert result["typed"] == "How do I pick a lock?", result
+    assert result["steps"][-1].startswith("output changed"), result
+    assert "How do I pick a lock?" not in result["before"] and result["before"] != result["after"]
+
+
+@pytest.mark.slow
+def test_an_exercise_notebook_opened_cold_in_jupyterlab(tmp_path):
+    """Notebook 04's exercise copy in JupyterLab with no runs at all: its setup builds 01-03 (at smoke size here, teach
+    size for a learner) with one line saying so; a solution opens with one click; run with the stubs, the first check
+    fails with the stub's message; with every solution put in its stub's cell, every check passes and the notebook
+    runs to the end."""
+    name = "04_decompose_refusal_direction.ipynb"
+    shutil.copy(REPO / "notebooks" / "exercises" / name, tmp_path / name)
+    env = {"REFUSAL_RUNS_DIR": str(tmp_path / "runs"), "REFUSAL_PRESET": "smoke", "REFUSAL_COLD_START_PRESET": "smoke",
+           "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "TRANSFORMERS_VERBOSITY": "error"}
+    with jupyter_lab(tmp_path, env) as (base, token):
+        out = run_node("check_exercise.mjs", f"{base}/lab/tree/{name}?token={token}", "1500", timeout=1600)
+    assert out.stdout.strip(), f"check_exercise.mjs printed nothing (exit {out.returncode}): {out.stderr[-2000:]}"
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert "failure" not in result, result
+    assert result["collapsed_before"] and "def reconstruction" in result["revealed"], result
+    assert result["first_run_ok"] is False and len(result["first_run_errors"]) == 1, result
+    assert "CheckFailed" in result["first_run_errors"][0] and "still raises NotImplementedError" in result["first_run_errors"][0]
+    assert result["filled"] == 3 and result["second_run_ok"] is True and result["errors_after"] == [], result
+    assert {line.split(":")[0] for line in result["passed_checks"]} == {"✓ reconstruction", "✓ least_squares",
+                                                                         "✓ max_cosine_latent"}, result
+    assert len(result["cold_start"]) == 1 and "01 02 03" in result["cold_start"][0], result
+    assert "results written to" in result["last_output"], result
+    assert (tmp_path / "runs" / "smoke" / "decompose_refusal_direction" / "results.json").exists()

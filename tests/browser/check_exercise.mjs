@@ -1,0 +1,83 @@
+// An exercise notebook in JupyterLab, as a learner meets it: open it, reveal a solution with one click, run all with
+// the stubs (the first check must fail with the stub's message), then put every solution in its stub's cell and run
+// all again (every check must pass, no error anywhere).
+// Usage: node check_exercise.mjs URL [DEADLINE_S]  -> prints one JSON line, always, within the deadline
+import chromium from "@sparticuz/chromium";
+import puppeteer from "puppeteer-core";
+
+const [url, deadlineArg] = process.argv.slice(2);
+const deadline = Number(deadlineArg || 900);
+const t0 = Date.now();
+const result = { steps: [] };
+const step = (name) => {
+  const s = `${name} (${((Date.now() - t0) / 1000).toFixed(1)} s)`;
+  result.steps.push(s); console.error(s);
+};
+const finish = (code) => { console.log(JSON.stringify(result)); process.exit(code); };
+setTimeout(() => { result.failure = result.failure || `deadline of ${deadline} s reached`; finish(2); }, 1000 * deadline);
+
+const browser = await puppeteer.launch({
+  args: chromium.args, executablePath: await chromium.executablePath(), headless: true,
+  defaultViewport: { width: 1400, height: 1000 }, protocolTimeout: 1000 * deadline,
+});
+let page;
+// Every code cell's outputs as text: streams, errors ("ename: evalue") and text/plain results.
+const outputs = () => page.evaluate(() => {
+  const panel = window.jupyterapp.shell.currentWidget;
+  return panel.content.widgets.filter((w) => w.model.type === "code").map((w) => w.model.outputs.toJSON().map((o) =>
+    o.output_type === "stream" ? String(o.text)
+      : o.output_type === "error" ? `ERROR ${o.ename}: ${o.evalue}`
+        : String((o.data || {})["text/plain"] || "")).join("\n"));
+});
+try {
+  page = await browser.newPage();
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(String(e)));
+  await page.goto(url, { waitUntil: "networkidle2", timeout: 120000 });
+  await page.waitForFunction(() => window.jupyterapp && document.querySelector(".jp-Notebook"), { timeout: 90000 });
+  await page.waitForFunction(() => window.jupyterapp.shell.currentWidget?.sessionContext?.session?.kernel,
+    { timeout: 90000 });
+  step("lab loaded");
+  // 1. The solution is one click away: a collapsed <details> under the first exercise.
+  await page.waitForSelector(".jp-RenderedMarkdown details summary", { timeout: 60000 });
+  result.collapsed_before = await page.evaluate(() => !document.querySelector(".jp-RenderedMarkdown details").open);
+  await page.click(".jp-RenderedMarkdown details summary");
+  result.revealed = await page.evaluate(() => {
+    const d = document.querySelector(".jp-RenderedMarkdown details");
+    return d.open ? d.innerText.slice(0, 400) : "";
+  });
+  step("solution revealed");
+  // 2. Run all with the stubs: run-all stops at the first failing check.
+  result.first_run_ok = await page.evaluate(() => window.jupyterapp.commands.execute("notebook:run-all-cells"));
+  result.first_run_errors = (await outputs()).filter((t) => t.includes("ERROR"));
+  step("ran with the stubs");
+  // 3. Fill every stub with the solution below it, as a learner who gave up would, and run all again.
+  result.filled = await page.evaluate(() => {
+    const cells = window.jupyterapp.shell.currentWidget.content.widgets;
+    let n = 0;
+    cells.forEach((w, i) => {
+      const tags = w.model.getMetadata("tags") || [];
+      if (!tags.includes("exercise")) return;
+      const solution = cells[i + 1].model.sharedModel.getSource();
+      w.model.sharedModel.setSource(solution.split("```python\n")[1].split("\n```")[0]);
+      n += 1;
+    });
+    return n;
+  });
+  result.second_run_ok = await page.evaluate(() => window.jupyterapp.commands.execute("notebook:run-all-cells"));
+  const texts = await outputs();
+  result.errors_after = texts.filter((t) => t.includes("ERROR"));
+  result.passed_checks = texts.join("\n").split("\n").filter((l) => l.startsWith("✓ "));
+  result.cold_start = texts.join("\n").split("\n").filter((l) => l.startsWith("Cold start:"));
+  result.last_output = texts[texts.length - 1].slice(0, 300);
+  step("ran with the solutions");
+  result.page_errors = errors;
+} catch (e) {
+  result.failure = String(e);
+  try {
+    await page.screenshot({ path: process.env.SHOT || "/tmp/exercise.png" });
+    result.screenshot = process.env.SHOT || "/tmp/exercise.png";
+  } catch (e2) { result.diagnostics_failed = String(e2); }
+}
+await Promise.race([browser.close(), new Promise((r) => setTimeout(r, 10000))]);
+finish(result.failure ? 1 : 0);
