@@ -339,23 +339,25 @@ PRESETS: dict[str, Config] = {
 PRESETS["teach"] = PRESETS["offline"].replace(
     preset="teach",
     n_train=48,
-    n_val=8,
+    n_val=6,
     n_test=16,
-    max_new_tokens=32,
+    max_new_tokens=16,  # both judges decide on the first sentence ("I'm sorry, but I can't ..." is ~10 tokens)
     generation_batch_size=16,
-    score_layer_step=2,
+    score_layer_step=3,  # 35 candidates (5 positions x 7 layers) at ~4.5 s each instead of 95
     ce_windows=4,
     ce_context_size=64,
-    cache_tokens=24_576,
-    cache_heldout_tokens=6_144,
+    cache_tokens=20_480,  # caching runs at ~220 tok/s at this context size: ~3 min for both corpora
+    cache_heldout_tokens=4_096,
     cache_context_size=128,
     cache_shard_tokens=8_192,
-    l1_start=(),
+    # The first teach run (24k tokens, 2,048 latents) started at 4.3 and needed a second round: L0 95 -> 42
+    # (webtext_chat, 11.3) and 84 -> 45 (chat, 9.7); starting there saves that round (~80 s)
+    l1_start=(("chat", 9.74), ("webtext_chat", 11.28)),
     target_l0=40.0,
     l0_tolerance=0.5,
     l0_max_rounds=2,
-    sae_eval_windows=8,
-    sae=SAEConfig(d_sae=2048, l1_coefficient=4.3, lr=1e-3, l1_warm_up_fraction=0.05, training_tokens=196_608,
+    sae_eval_windows=4,
+    sae=SAEConfig(d_sae=2048, l1_coefficient=4.3, lr=1e-3, l1_warm_up_fraction=0.05, training_tokens=163_840,
                   train_batch_size_tokens=1024, context_size=128),
 )
 
