@@ -99,6 +99,7 @@ def claims(run_dir: Path) -> list[dict]:
     else:
         rows.append({"paper": "Arditi et al. 2024", "claim": "refusal is mediated by one direction",
                      "paper's number": "—", "this run": "not run", "held": None})
+    _tag(rows, "03")
     dc = _load(run_dir, "decompose_refusal_direction")
     pair = paper_pair(dc["faithfulness"][dc["headline"]]["saes"]) if dc else None
     if pair:
@@ -141,6 +142,7 @@ def claims(run_dir: Path) -> list[dict]:
     else:
         rows.append({"paper": "Kissane et al. 2024", "claim": "SAEs are dataset dependent", "paper's number": "—",
                      "this run": "not run", "held": None})
+    _tag(rows, "04")
     st = _load(run_dir, "steering")
     pair = paper_pair(st["saes"]) if st else None
     if pair:
@@ -161,6 +163,7 @@ def claims(run_dir: Path) -> list[dict]:
     else:
         rows.append({"paper": "Kissane et al. 2024", "claim": "the chat SAE's refusal latent steers like r",
                      "paper's number": "—", "this run": "not run", "held": None})
+    _tag(rows, "05")
     rg = _load(run_dir, "refusal_gradient")
     if rg:
         for name, c in rg["chat_vs_webtext"].items():
@@ -175,7 +178,22 @@ def claims(run_dir: Path) -> list[dict]:
     else:
         rows.append({"paper": "Lee, Breck & Arditi 2025", "claim": "refusal gradients name prompt-specific upstream features",
                      "paper's number": "—", "this run": "not run", "held": None})
+    _tag(rows, "06")
     return rows
+
+
+def _tag(rows: list[dict], notebook: str) -> None:
+    for row in rows:
+        row.setdefault("notebook", notebook)
+
+
+def claims_table(run_dir: Path, notebook: str):
+    """The claims notebook `notebook` ("03" ... "06") tests, as the report states them: did each hold at this run's
+    size? (A notebook shows it under its results; rows of notebooks not run say so.)"""
+    import pandas as pd
+
+    rows = [{k: v for k, v in r.items() if k != "notebook"} for r in claims(Path(run_dir)) if r["notebook"] == notebook]
+    return pd.DataFrame([{**r, "held": {True: "yes", False: "no", None: "—"}[r["held"]]} for r in rows])
 
 
 def _ablation_held(base: dict, ablated: dict) -> bool:
@@ -299,7 +317,8 @@ def build_report(preset: str) -> Path:
     parts = [f"<h1>refusal-toolkit · {html.escape(preset)} run</h1>",
              f"<p>model {html.escape(cfg.model)}; built {time.strftime('%Y-%m-%d %H:%M')} from the files in "
              f"<code>{html.escape(str(run_dir))}</code>.</p>", "<h2>Claims</h2>",
-             _table([{**r, "held": {True: "yes", False: "no", None: "—"}[r["held"]]} for r in claims(run_dir)])]
+             _table([{**{k: v for k, v in r.items() if k != "notebook"}, "held": {True: "yes", False: "no", None: "—"}[r["held"]]}
+                     for r in claims(run_dir)])]
     for notebook, folder, title in SECTIONS:
         executed = run_dir / "notebooks" / notebook
         link = f' · <a href="notebooks/{notebook}">executed notebook</a>' if executed.exists() else ""
