@@ -116,7 +116,8 @@ class Config:
     induce_filter: str = "metric"
     selection_fallback: bool = False  # no candidate passes: False = error; True = lowest bypass (smoke only)
     score_all_layers: bool = True  # False: score only layers < 0.8 L (the only selectable ones)
-    score_layer_step: int = 1  # score every k-th layer (smoke tests only)
+    score_layer_step: int = 1  # score every k-th layer (the smoke and teach presets only)
+    score_min_layer: int = 0  # score layers from this one up (the teach preset only, to fit its 20 minutes)
     ce_windows: int = 16  # held-out windows per corpus for the side-effect loss
     ce_context_size: int = 256
     # SAEs (Kissane et al.)
@@ -160,6 +161,7 @@ class Config:
             "induce_filter": _choice(("metric", "generation")),
             "filter_val": ((bool,), None, "True or False"), "selection_fallback": ((bool,), None, "True or False"),
             "score_all_layers": ((bool,), None, "True or False"), "score_layer_step": pos,
+            "score_min_layer": ((int,), lambda v: v >= 0, "a layer index >= 0"),
             "ce_windows": pos, "ce_context_size": ((int,), lambda v: v >= 2, "an integer >= 2"),
             "sae_hook": ((str,), lambda v: bool(HOOK_PATTERN.match(v)), "a hook name like 'blocks.13.hook_resid_pre'"),
             "webtext_source": _choice(SOURCE_NAMES), "chat_source": _choice(SOURCE_NAMES),
@@ -339,11 +341,15 @@ PRESETS: dict[str, Config] = {
 PRESETS["teach"] = PRESETS["offline"].replace(
     preset="teach",
     n_train=48,
-    n_val=6,
+    n_val=8,
     n_test=16,
     max_new_tokens=16,  # both judges decide on the first sentence ("I'm sorry, but I can't ..." is ~10 tokens)
     generation_batch_size=16,
-    score_layer_step=3,  # 35 candidates (5 positions x 7 layers) at ~4.5 s each instead of 95
+    # 30 candidates (5 positions x layers 8, 10, ..., 18) at ~4.9 s each instead of 95. Our choice, to fit the 20
+    # minutes: the selected layer was 14 or 15 in every offline and teach run; a teach run scoring every third layer
+    # from 0 with 6 val prompts found no candidate passing (layers 6 and 9 induced no refusals, 15 induced 3 of 6)
+    score_layer_step=2,
+    score_min_layer=8,
     ce_windows=4,
     ce_context_size=64,
     cache_tokens=20_480,  # caching runs at ~220 tok/s at this context size: ~3 min for both corpora

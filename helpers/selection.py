@@ -78,9 +78,9 @@ def kl_last_token(clean_logits: Tensor, other_logits: Tensor) -> Tensor:
 
 def score_candidates(model: LoadedModel, mean_diffs: Tensor, positions: list[int], harmful_val: list[str],
                      harmless_val: list[str], refusal_ids: list[int], max_layer: int | None = None,
-                     batch_size: int = 32, layer_step: int = 1) -> CandidateScores:
-    """Bypass, induce and KL scores for every candidate with layer < `max_layer` (default: all layers),
-    every `layer_step`-th layer (1 = all)."""
+                     batch_size: int = 32, layer_step: int = 1, min_layer: int = 0) -> CandidateScores:
+    """Bypass, induce and KL scores for every candidate with `min_layer` <= layer < `max_layer` (default: all
+    layers), every `layer_step`-th layer (1 = all)."""
     n_pos, n_layers, _ = mean_diffs.shape
     max_layer = n_layers if max_layer is None else max_layer
     shape = (n_pos, n_layers)
@@ -88,7 +88,7 @@ def score_candidates(model: LoadedModel, mean_diffs: Tensor, positions: list[int
     clean_harmful = last_token_logits(model, harmful_val, batch_size=batch_size)
     harmless_batches = cache_prompt_batches(model, harmless_val, batch_size)  # induce passes start at their layer
     clean_harmless = harmless_batches.clean_logits
-    todo = [(p, layer) for p in range(n_pos) for layer in range(0, max_layer, layer_step)]
+    todo = [(p, layer) for p in range(n_pos) for layer in range(min_layer, max_layer, layer_step)]
     for p, layer in tqdm(todo, desc="scoring candidates", unit="cand"):
         r = mean_diffs[p, layer].float()
         if r.norm() < 1e-6:  # e.g. layer 0 at a template token: the same embedding for every prompt
