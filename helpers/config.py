@@ -342,7 +342,7 @@ PRESETS["teach"] = PRESETS["offline"].replace(
     preset="teach",
     n_train=48,
     n_val=8,
-    n_test=16,
+    n_test=12,
     max_new_tokens=16,  # both judges decide on the first sentence ("I'm sorry, but I can't ..." is ~10 tokens)
     generation_batch_size=16,
     # 30 candidates (5 positions x layers 8, 10, ..., 18) at ~4.9 s each instead of 95. Our choice, to fit the 20
@@ -350,7 +350,7 @@ PRESETS["teach"] = PRESETS["offline"].replace(
     # from 0 with 6 val prompts found no candidate passing (layers 6 and 9 induced no refusals, 15 induced 3 of 6)
     score_layer_step=2,
     score_min_layer=8,
-    ce_windows=4,
+    ce_windows=2,
     ce_context_size=64,
     cache_tokens=20_480,  # caching runs at ~220 tok/s at this context size: ~3 min for both corpora
     cache_heldout_tokens=4_096,
