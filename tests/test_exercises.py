@@ -101,13 +101,16 @@ def test_exercise_notebooks_with_solutions_filled_in_run_in_smoke_mode(path):
     if os.environ.get("REFUSAL_PRESET", "smoke") != "smoke":
         pytest.skip("runs in smoke mode only (REFUSAL_PRESET is set to another preset)")
     nb = exercises.fill_solutions(exercise_copy(path))
-    env_before = os.environ.get("REFUSAL_PRESET")
-    os.environ["REFUSAL_PRESET"] = "smoke"
+    saved = {k: os.environ.get(k) for k in ("REFUSAL_PRESET", "REFUSAL_COLD_START_PRESET")}
+    os.environ.update(REFUSAL_PRESET="smoke", REFUSAL_COLD_START_PRESET="smoke")  # run alone: upstream at smoke size
     try:
         NotebookClient(nb, timeout=900, kernel_name="python3",
                        resources={"metadata": {"path": str(exercises.EXERCISES)}}).execute()
     finally:
-        if env_before is None:
-            os.environ.pop("REFUSAL_PRESET", None)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert outputs.count("✓ ") >= sum("check" in c.metadata.get("tags", []) for c in nb.cells)
