@@ -41,11 +41,10 @@ try {
   // 1. The solution is one click away: a collapsed <details> under the first exercise.
   await page.waitForSelector(".jp-RenderedMarkdown details summary", { timeout: 60000 });
   result.collapsed_before = await page.evaluate(() => !document.querySelector(".jp-RenderedMarkdown details").open);
-  await page.click(".jp-RenderedMarkdown details summary");
-  result.revealed = await page.evaluate(() => {
-    const d = document.querySelector(".jp-RenderedMarkdown details");
-    return d.open ? d.innerText.slice(0, 400) : "";
-  });
+  // a click on the summary (through the DOM: a mouse click at coordinates can land on an overlay while the lab lays out)
+  await page.evaluate(() => document.querySelector(".jp-RenderedMarkdown details summary").click());
+  await page.waitForFunction(() => document.querySelector(".jp-RenderedMarkdown details").open, { timeout: 10000 });
+  result.revealed = await page.evaluate(() => document.querySelector(".jp-RenderedMarkdown details").innerText.slice(0, 400));
   step("solution revealed");
   // 2. Run all with the stubs: run-all stops at the first failing check.
   result.first_run_ok = await page.evaluate(() => window.jupyterapp.commands.execute("notebook:run-all-cells"));
