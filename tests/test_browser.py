@@ -154,6 +154,7 @@ def test_an_exercise_notebook_opened_cold_in_jupyterlab(tmp_path):
         out = run_node("check_exercise.mjs", f"{base}/lab/tree/{name}?token={token}", "1500", timeout=1600)
     assert out.stdout.strip(), f"check_exercise.mjs printed nothing (exit {out.returncode}): {out.stderr[-2000:]}"
     result = json.loads(out.stdout.strip().splitlines()[-1])
+    print(json.dumps(result, indent=1, ensure_ascii=False))  # shown when an assertion below fails
     assert "failure" not in result, result
     assert result["collapsed_before"] and "def reconstruction" in result["revealed"], result
     assert result["first_run_ok"] is False and len(result["first_run_errors"]) == 1, result

@@ -44,7 +44,8 @@ try {
   // a click on the summary (through the DOM: a mouse click at coordinates can land on an overlay while the lab lays out)
   await page.evaluate(() => document.querySelector(".jp-RenderedMarkdown details summary").click());
   await page.waitForFunction(() => document.querySelector(".jp-RenderedMarkdown details").open, { timeout: 10000 });
-  result.revealed = await page.evaluate(() => document.querySelector(".jp-RenderedMarkdown details").innerText.slice(0, 400));
+  // textContent: the code is in the opened block (innerText is empty for a cell the windowed notebook has not laid out)
+  result.revealed = await page.evaluate(() => document.querySelector(".jp-RenderedMarkdown details").textContent.slice(0, 400));
   step("solution revealed");
   // 2. Run all with the stubs: run-all stops at the first failing check.
   result.first_run_ok = await page.evaluate(() => window.jupyterapp.commands.execute("notebook:run-all-cells"));
