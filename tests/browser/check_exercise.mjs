@@ -72,6 +72,7 @@ try {
   result.errors_after = texts.filter((t) => t.includes("ERROR"));
   result.passed_checks = texts.join("\n").split("\n").filter((l) => l.startsWith("✓ "));
   result.cold_start_again = texts.join("\n").split("\n").filter((l) => l.startsWith("Cold start:"));
+  result.results_written = texts.some((t) => t.includes("results written to"));
   result.last_output = texts[texts.length - 1].slice(0, 300);
   step("ran with the solutions");
   result.page_errors = errors;
