@@ -186,8 +186,8 @@ def ablation_hooks(fn: Callable[[Tensor, int], list], model=None, direction: Ten
     g = _generator(1)
     n_layers, d = 3, 8
     r = 5 * torch.randn(d, generator=g)
-    _ablation_names(_run(name, fn, r, n_layers), n_layers)
     hooks = _run(name, fn, r, n_layers)
+    _ablation_names(hooks, n_layers)
     acts = 3 * torch.randn(2, 5, d, generator=g)
     want = ablate_direction(acts, r)
     r_unit = r / r.norm()
