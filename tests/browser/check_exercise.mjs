@@ -2,24 +2,12 @@
 // the stubs (the first check must fail with the stub's message), then put every solution in its stub's cell and run
 // all again (every check must pass, no error anywhere).
 // Usage: node check_exercise.mjs URL [DEADLINE_S]  -> prints one JSON line, always, within the deadline
-import chromium from "@sparticuz/chromium";
-import puppeteer from "puppeteer-core";
+import { checkRun, end, launch, openNotebook } from "./harness.mjs";
 
 const [url, deadlineArg] = process.argv.slice(2);
 const deadline = Number(deadlineArg || 900);
-const t0 = Date.now();
-const result = { steps: [] };
-const step = (name) => {
-  const s = `${name} (${((Date.now() - t0) / 1000).toFixed(1)} s)`;
-  result.steps.push(s); console.error(s);
-};
-const finish = (code) => { console.log(JSON.stringify(result)); process.exit(code); };
-setTimeout(() => { result.failure = result.failure || `deadline of ${deadline} s reached`; finish(2); }, 1000 * deadline);
-
-const browser = await puppeteer.launch({
-  args: chromium.args, executablePath: await chromium.executablePath(), headless: true,
-  defaultViewport: { width: 1400, height: 1000 }, protocolTimeout: 1000 * deadline,
-});
+const { result, step, finish } = checkRun(deadline);
+const browser = await launch(deadline);
 let page;
 // Every code cell's outputs as text: streams, errors ("ename: evalue") and text/plain results.
 const outputs = () => page.evaluate(() => {
@@ -30,11 +18,8 @@ const outputs = () => page.evaluate(() => {
         : String((o.data || {})["text/plain"] || "")).join("\n"));
 });
 try {
-  page = await browser.newPage();
-  const errors = [];
-  page.on("pageerror", (e) => errors.push(String(e)));
-  await page.goto(url, { waitUntil: "networkidle2", timeout: 120000 });
-  await page.waitForFunction(() => window.jupyterapp && document.querySelector(".jp-Notebook"), { timeout: 90000 });
+  let errors;
+  ({ page, errors } = await openNotebook(browser, url, step));
   await page.waitForFunction(() => window.jupyterapp.shell.currentWidget?.sessionContext?.session?.kernel,
     { timeout: 90000 });
   step("lab loaded");
@@ -78,10 +63,5 @@ try {
   result.page_errors = errors;
 } catch (e) {
   result.failure = String(e);
-  try {
-    await page.screenshot({ path: process.env.SHOT || "/tmp/exercise.png" });
-    result.screenshot = process.env.SHOT || "/tmp/exercise.png";
-  } catch (e2) { result.diagnostics_failed = String(e2); }
 }
-await Promise.race([browser.close(), new Promise((r) => setTimeout(r, 10000))]);
-finish(result.failure ? 1 : 0);
+await end(browser, page, result, finish, "/tmp/exercise.png");

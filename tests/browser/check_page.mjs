@@ -1,12 +1,9 @@
 // Open a local HTML page in headless Chromium; report plotly figures that did not render and page errors.
 // Usage: node check_page.mjs /path/to/page.html   -> prints one JSON line
-import chromium from "@sparticuz/chromium";
-import puppeteer from "puppeteer-core";
+import { launch } from "./harness.mjs";
 
 const page_path = process.argv[2];
-const browser = await puppeteer.launch({
-  args: chromium.args, executablePath: await chromium.executablePath(), headless: true,
-});
+const browser = await launch(120);
 try {
   const page = await browser.newPage();
   const errors = [];
