@@ -3,7 +3,7 @@
 Choose a preset by name (`get_config("offline")`); notebooks take the name from a
 papermill parameter.  `offline` runs on a laptop, `paper` is Kissane et al.'s and
 Arditi et al.'s scale on a GPU with the Hugging Face hub, `smoke` is `offline`
-with tiny sizes for tests.
+with tiny sizes and a tiny random model for tests (mechanics only).
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ def _choice(values):
     return ((str, type(None)) if None in values else (str,), lambda v: v in values, f"one of {list(values)}")
 
 OFFLINE_MODEL = "Qwen2.5-Coder-0.5B-Instruct-GGUF"
+TINY_MODEL = "tiny-random-qwen2"  # the smoke preset's: Qwen2 with random weights, 18 layers of width 64
 PAPER_MODEL = "Qwen/Qwen1.5-0.5B-Chat"
 
 
@@ -117,7 +118,7 @@ class Config:
     selection_fallback: bool = False  # no candidate passes: False = error; True = lowest bypass (smoke only)
     score_all_layers: bool = True  # False: score only layers < 0.8 L (the only selectable ones)
     score_layer_step: int = 1  # score every k-th layer (the smoke and teach presets only)
-    score_min_layer: int = 0  # score layers from this one up (the teach preset only, to fit its 20 minutes)
+    score_min_layer: int = 0  # score layers from this one up (the teach and smoke presets only, to fit their time)
     ce_windows: int = 16  # held-out windows per corpus for the side-effect loss
     ce_context_size: int = 256
     # SAEs (Kissane et al.)
@@ -306,7 +307,7 @@ PRESETS: dict[str, Config] = {
     ),
     "smoke": Config(
         preset="smoke",
-        model=OFFLINE_MODEL,
+        model=TINY_MODEL,  # mechanics only: a random 18-layer, 64-wide Qwen2 with the offline tokenizer runs in seconds
         system_prompt="default",
         max_new_tokens=8,
         generation_batch_size=4,
@@ -319,6 +320,7 @@ PRESETS: dict[str, Config] = {
         selection_fallback=True,  # tiny runs may have no passing candidate: fall back visibly
         score_all_layers=False,
         score_layer_step=6,
+        score_min_layer=6,  # layers 6, 12, 18: a third of notebook 03's smoke time went to scoring
         ce_windows=2,
         ce_context_size=32,
         cache_tokens=4096,

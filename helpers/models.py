@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from helpers.config import OFFLINE_MODEL
+from helpers.config import OFFLINE_MODEL, TINY_MODEL
 from helpers.packages import package_dir
 from helpers.files import atomic_write, atomic_write_dir
 
@@ -119,10 +119,37 @@ def convert_gguf(gguf_path: Path, cache_dir: Path = CACHE_DIR) -> Path:
     return atomic_write_dir(final, build)
 
 
+def tiny_model_folder(cache_dir: Path = CACHE_DIR) -> Path:
+    """The smoke preset's model: the offline model's architecture (Qwen2) and tokenizer (chat template included) with
+    18 layers of width 64 and seeded random weights, so the notebooks' mechanics run in seconds (it says nothing:
+    its completions are noise). Built once from the offline model's converted folder and cached."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    final = cache_dir / f"{TINY_MODEL}-v3"
+
+    def build(tmp: Path) -> None:
+        source = convert_gguf(assemble_offline_gguf(cache_dir), cache_dir)
+        config = AutoConfig.from_pretrained(source)
+        config.update({"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 18, "num_attention_heads": 4,
+                       "num_key_value_heads": 2, "head_dim": 16, "tie_word_embeddings": True,
+                       "layer_types": ["full_attention"] * 18, "_name_or_path": TINY_MODEL,
+                       # weights ~N(0, 0.1²): residual norms ~20 at layer 13, as the real model's (median), so the
+                       # presets' SAE and steering settings behave (at 0.02 they are ~0.6 and every latent is dead)
+                       "initializer_range": 0.1})
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(source).save_pretrained(tmp)
+
+    return atomic_write_dir(final, build)
+
+
 def resolve_model_source(name: str) -> tuple[str, Path | None]:
     """Map a model name to (display name, local HF folder or None for a hub name)."""
     if name == OFFLINE_MODEL:
         return OFFLINE_MODEL, convert_gguf(assemble_offline_gguf())
+    if name == TINY_MODEL:
+        return TINY_MODEL, tiny_model_folder()
     path = Path(name).expanduser()
     if path.is_file() and path.suffix == ".gguf":
         return path.stem, convert_gguf(path)

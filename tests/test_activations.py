@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from helpers.activations import ActivationCache, CacheError, cache_activations, hook_layer, read_manifest
 from helpers.corpora import iter_texts, token_windows
 
-ARGS = dict(corpus="chat", hook_name="blocks.13.hook_resid_pre", n_tokens=3000, context_size=32, batch_windows=2,
+ARGS = dict(corpus="chat", hook_name="blocks.13.hook_resid_pre", n_tokens=1200, context_size=32, batch_windows=2,
             shard_tokens=200)
 
 

@@ -11,13 +11,13 @@ def test_base_model_arm_caches_trains_and_fills_the_grid(tmp_path, monkeypatch):
     from helpers.activations import cache_dir, cache_from_config, open_cache, split_heldout
     from helpers.config import ConfigError, get_config
     from helpers.decomposition import model_by_data
-    from helpers.models import assemble_offline_gguf, load_from_config, resolve_model_source
+    from helpers.models import load_from_config, resolve_model_source, tiny_model_folder
     from helpers.saes import load_sae, train_or_reuse
 
     monkeypatch.setenv("REFUSAL_RUNS_DIR", str(tmp_path))
     with pytest.raises(ConfigError, match="no base model"):
         get_config("smoke").base()
-    cfg = get_config("smoke", base_model=str(assemble_offline_gguf()), sae_corpora=("chat",))
+    cfg = get_config("smoke", base_model=str(tiny_model_folder()), sae_corpora=("chat",))
     base_cfg = cfg.base()
     model = load_from_config(cfg)
     assert cache_dir(base_cfg, "chat", "train") != cache_dir(cfg, "chat", "train")

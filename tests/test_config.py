@@ -1,6 +1,6 @@
 import pytest
 
-from helpers.config import OFFLINE_MODEL, PAPER_MODEL, PRESETS, ConfigError, get_config
+from helpers.config import OFFLINE_MODEL, PAPER_MODEL, PRESETS, TINY_MODEL, ConfigError, get_config
 
 
 def test_presets_exist_with_expected_models():
@@ -9,7 +9,7 @@ def test_presets_exist_with_expected_models():
     teach = get_config("teach", device="cpu")
     assert teach.model == OFFLINE_MODEL and teach.sae_hook == get_config("offline").sae_hook
     assert teach.sae_corpora == get_config("offline").sae_corpora and teach.selection_fallback is False
-    assert get_config("smoke").model == OFFLINE_MODEL
+    assert get_config("smoke").model == TINY_MODEL  # mechanics only: a random Qwen2 with the offline tokenizer
     paper = get_config("paper")
     assert paper.model == PAPER_MODEL == "Qwen/Qwen1.5-0.5B-Chat"
     assert paper.sae_hook == "blocks.13.hook_resid_pre"
