@@ -90,6 +90,9 @@ def atomic_write_dir(final: str | Path, build: Callable[[Path], None]) -> Path:
     try:
         build(tmp)
         tmp.rename(final)
+    except OSError:
+        if not final.is_dir():  # not another process that built the same folder first
+            raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final

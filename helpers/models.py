@@ -379,3 +379,5 @@ if __name__ == "__main__":
 
     loaded = load_model(sys.argv[1] if len(sys.argv) > 1 else OFFLINE_MODEL)
     print(f"{loaded.name}: {loaded.n_layers} layers, d_model {loaded.d_model}, loaded in {loaded.load_seconds:.1f} s")
+    if len(sys.argv) == 1:
+        print(f"{TINY_MODEL} (the smoke preset's): {tiny_model_folder()}")
