@@ -54,7 +54,9 @@ def _choice(values):
     return ((str, type(None)) if None in values else (str,), lambda v: v in values, f"one of {list(values)}")
 
 OFFLINE_MODEL = "Qwen2.5-Coder-0.5B-Instruct-GGUF"
-TINY_MODEL = "tiny-random-qwen2"  # the smoke preset's: Qwen2 with random weights, 18 layers of width 64
+# The smoke preset's model: Qwen2 with random weights, 18 layers of width 64 (helpers.models.tiny_model_folder). The
+# version is in the name, so a new recipe changes the smoke preset and with it the runner's fingerprints.
+TINY_MODEL = "tiny-random-qwen2-v3"
 PAPER_MODEL = "Qwen/Qwen1.5-0.5B-Chat"
 
 

@@ -125,7 +125,7 @@ def tiny_model_folder(cache_dir: Path = CACHE_DIR) -> Path:
     its completions are noise). Built once from the offline model's converted folder and cached."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    final = cache_dir / f"{TINY_MODEL}-v3"
+    final = cache_dir / f"{TINY_MODEL}-hf"  # not the model name: loaded by path it is a second model
 
     def build(tmp: Path) -> None:
         source = convert_gguf(assemble_offline_gguf(cache_dir), cache_dir)
