@@ -127,12 +127,12 @@ def tiny_model_folder(cache_dir: Path = CACHE_DIR) -> Path:
 
     final = cache_dir / f"{TINY_MODEL}-hf"  # not the model name: loaded by path it is a second model
 
-    def build(tmp: Path) -> None:
+    def build(tmp: Path, n_layers: int = 18) -> None:
         source = convert_gguf(assemble_offline_gguf(cache_dir), cache_dir)
         config = AutoConfig.from_pretrained(source)
-        config.update({"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 18, "num_attention_heads": 4,
-                       "num_key_value_heads": 2, "head_dim": 16, "tie_word_embeddings": True,
-                       "layer_types": ["full_attention"] * 18, "_name_or_path": TINY_MODEL,
+        config.update({"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": n_layers,
+                       "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "tie_word_embeddings": True,
+                       "layer_types": ["full_attention"] * n_layers, "_name_or_path": TINY_MODEL,
                        # weights ~N(0, 0.1²): residual norms ~20 at layer 13, as the real model's (median), so the
                        # presets' SAE and steering settings behave (at 0.02 they are ~0.6 and every latent is dead)
                        "initializer_range": 0.1})
