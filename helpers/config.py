@@ -347,26 +347,27 @@ PRESETS["teach"] = PRESETS["offline"].replace(
     n_train=48,
     n_val=8,
     n_test=12,
-    max_new_tokens=16,  # both judges decide on the first sentence ("I'm sorry, but I can't ..." is ~10 tokens)
+    # both judges decide on the first sentence: "I'm sorry, but I can't ..." is refused by its third token
+    max_new_tokens=12,
     generation_batch_size=16,
-    # 30 candidates (5 positions x layers 8, 10, ..., 18) at ~4.9 s each instead of 95. Our choice, to fit the 20
+    # 20 candidates (5 positions x layers 12, 14, 16, 18) at ~6.7 s each instead of 95. Our choice, to fit the 20
     # minutes: the selected layer was 14 or 15 in every offline and teach run; a teach run scoring every third layer
     # from 0 with 6 val prompts found no candidate passing (layers 6 and 9 induced no refusals, 15 induced 3 of 6)
     score_layer_step=2,
-    score_min_layer=8,
+    score_min_layer=12,
     ce_windows=2,
     ce_context_size=64,
-    cache_tokens=20_480,  # caching runs at ~220 tok/s at this context size: ~3 min for both corpora
+    cache_tokens=16_384,  # caching runs at ~220 tok/s at this context size: ~2.5 min for both corpora
     cache_heldout_tokens=4_096,
     cache_context_size=128,
     cache_shard_tokens=8_192,
-    # The first teach run (24k tokens, 2,048 latents) started at 4.3 and needed a second round: L0 95 -> 42
-    # (webtext_chat, 11.3) and 84 -> 45 (chat, 9.7); starting there saves that round (~80 s)
-    l1_start=(("chat", 9.74), ("webtext_chat", 11.28)),
+    # Where an earlier teach run ended: webtext_chat 11.28 gave L0 48 in round 1; chat 9.74 gave 56 and 14.17 gave
+    # 35 (a second round, ~35 s), so chat starts at 12.2, the log-linear interpolation to L0 ~42
+    l1_start=(("chat", 12.2), ("webtext_chat", 11.28)),
     target_l0=40.0,
     l0_tolerance=0.5,
     l0_max_rounds=2,
-    sae_eval_windows=4,
+    sae_eval_windows=2,
     sae=SAEConfig(d_sae=2048, l1_coefficient=4.3, lr=1e-3, l1_warm_up_fraction=0.05, training_tokens=163_840,
                   train_batch_size_tokens=1024, context_size=128),
 )
