@@ -117,7 +117,7 @@ class Config:
     # harmless prompts with the direction added > 0; "generation" = > 50% of 8-token greedy completions refused
     # (substring judge), tried in order of bypass score.
     induce_filter: str = "metric"
-    selection_fallback: bool = False  # no candidate passes: False = error; True = lowest bypass (smoke only)
+    selection_fallback: bool = False  # no candidate passes: False = error; True = lowest bypass (smoke and quick only)
     score_all_layers: bool = True  # False: score only layers < 0.8 L (the only selectable ones)
     score_layer_step: int = 1  # score every k-th layer (the smoke and teach presets only)
     score_min_layer: int = 0  # score layers from this one up (the teach and smoke presets only, to fit their time)
@@ -373,13 +373,39 @@ PRESETS["teach"] = PRESETS["offline"].replace(
 )
 
 
+# What a notebook opened cold builds its upstream with (helpers.notebook.cold_start) when runs/teach/ has not got it:
+# the teach preset with the upstream notebooks (01-03) cut to what runs in ~4 minutes on 2 CPU cores, so the notebook
+# opened starts its own work within 5 (measured in docs/teaching.md). Its numbers show the mechanics, not the papers'
+# results: 4k cached tokens per corpus, SAEs of 1,024 latents, no training-prompt filter, 4 validation prompts, one
+# candidate layer, the lowest-bypass candidate when none passes (said in one line). 04-06 run at teach size on them.
+PRESETS["quick"] = PRESETS["teach"].replace(
+    preset="quick",
+    n_train=24,
+    n_val=4,
+    n_test=8,
+    filter_train=None,  # the generation filter over the train and val splits took ~60 s of notebook 03 at teach size
+    selection_fallback=True,
+    score_min_layer=14,
+    score_layer_step=8,  # layer 14 only (5 candidates): the layer teach and offline runs selected most often
+    ce_windows=1,
+    cache_tokens=4_096,
+    cache_heldout_tokens=1_024,
+    cache_shard_tokens=4_096,
+    l1_start=(),
+    l0_max_rounds=1,
+    sae_eval_windows=1,
+    sae=SAEConfig(d_sae=1024, l1_coefficient=8.0, lr=1e-3, l1_warm_up_fraction=0.05, training_tokens=40_960,
+                  train_batch_size_tokens=1024, context_size=128),
+)
+
+
 def get_config(preset: str | None = None, **overrides) -> Config:
     """The named preset (default: $REFUSAL_PRESET or "offline"), with optional overrides."""
     name = preset or os.environ.get("REFUSAL_PRESET", "offline")
     if name not in PRESETS:
         raise ValueError(f"Unknown preset {name!r}; valid presets: {sorted(PRESETS)}")
     cfg = PRESETS[name]
-    if name == "teach" and "device" not in overrides:  # a class on Colab: the same sizes, on the GPU when there is one
+    if name in ("teach", "quick") and "device" not in overrides:  # a class on Colab: the same sizes, on the GPU when there is one
         import torch
 
         if torch.cuda.is_available():

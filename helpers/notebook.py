@@ -11,7 +11,10 @@ import torch
 from helpers.config import Config, get_config
 from helpers.files import atomic_write_json
 
-COLD_START_PRESET = "teach"  # $REFUSAL_COLD_START_PRESET overrides it (the browser test builds at smoke size)
+# A notebook opened cold uses the teach run's outputs when runs/teach/ has every notebook it reads; otherwise it builds
+# them with COLD_START_PRESET ($REFUSAL_COLD_START_PRESET overrides it; the browser test builds at smoke size).
+TEACH_PRESET = "teach"
+COLD_START_PRESET = "quick"
 NO_COLD_START_ENV = "REFUSAL_NO_COLD_START"
 
 
@@ -56,10 +59,11 @@ def missing_upstream(cfg: Config, notebook: str) -> list[str]:
 
 
 def cold_start(cfg: Config, notebook: str, overrides: dict | None = None) -> Config:
-    """`cfg` if every notebook `notebook` reads from has run for its preset; otherwise build the missing ones with the
-    small `teach` preset (one line says so; the runner skips what `runs/teach/` already has) and return the teach
-    config, so a notebook opened first on a fresh machine starts its own work within minutes instead of failing.
-    Set REFUSAL_NO_COLD_START=1 to get a one-line error instead."""
+    """`cfg` if every notebook `notebook` reads from has run for its preset. Otherwise, with one line saying so: the
+    teach preset's config when `runs/teach/` has all of them (a class whose teacher ran the teach job), else the
+    config of the small `quick` preset after building the missing ones with it (~4 minutes on 2 CPU cores; the
+    runner skips what `runs/quick/` already has), so a notebook opened first on a fresh machine starts its own work
+    within minutes instead of failing. Set REFUSAL_NO_COLD_START=1 to get a one-line error instead."""
     missing = missing_upstream(cfg, notebook)
     if not missing:
         return cfg
@@ -67,21 +71,24 @@ def cold_start(cfg: Config, notebook: str, overrides: dict | None = None) -> Con
     if os.environ.get(NO_COLD_START_ENV):
         raise FileNotFoundError(f"Notebook(s) {numbers} have not run for preset {cfg.preset!r} (nothing in "
                                 f"{cfg.run_dir}): run `python -m helpers.runner --preset {cfg.preset} --only "
-                                f"{numbers}` first, or unset {NO_COLD_START_ENV} to build them at teach size.")
+                                f"{numbers}` first, or unset {NO_COLD_START_ENV} to build them at a small size.")
     from helpers.runner import run_notebooks
 
-    small = os.environ.get("REFUSAL_COLD_START_PRESET", COLD_START_PRESET)
-    teach = get_config(small, **(overrides or {})).check_device()
-    todo = missing_upstream(teach, notebook)
-    switch = "" if teach.preset == cfg.preset else (
-        f" and continuing with the {small!r} preset ({teach.model}); for the {cfg.preset!r} sizes run "
+    small = os.environ.get("REFUSAL_COLD_START_PRESET")
+    if small is None:
+        teach = get_config(TEACH_PRESET, **(overrides or {}))
+        small = TEACH_PRESET if not missing_upstream(teach, notebook) else COLD_START_PRESET
+    built = get_config(small, **(overrides or {})).check_device()
+    todo = missing_upstream(built, notebook)
+    switch = "" if built.preset == cfg.preset else (
+        f" and continuing with the {small!r} preset ({built.model}); for the {cfg.preset!r} sizes run "
         f"`python -m helpers.runner --preset {cfg.preset} --only {numbers}` and rerun this notebook")
     print(f"Cold start: notebook(s) {numbers} have not run for preset {cfg.preset!r}; "
-          + (f"building {' '.join(s[:2] for s in todo)} at {small} size in {teach.run_dir} (a few minutes)"
-             if todo else f"using the {small} preset's outputs in {teach.run_dir}") + switch + ".", flush=True)
+          + (f"building {' '.join(s[:2] for s in todo)} at {small} size in {built.run_dir} (a few minutes)"
+             if todo else f"using the {small} preset's outputs in {built.run_dir}") + switch + ".", flush=True)
     if todo:
         run_notebooks(small, only=[s[:2] for s in todo], log_output=False)
-    return teach
+    return built
 
 
 def save_results(out_dir: Path, results: dict) -> Path:

@@ -34,23 +34,40 @@ def test_nothing_happens_when_upstream_has_run(runs, capsys):
     assert capsys.readouterr().out == ""
 
 
-def test_cold_start_builds_only_what_is_missing_at_teach_size_and_says_so(runs, capsys, monkeypatch):
+@pytest.fixture
+def fake_runner(monkeypatch):
     calls = []
 
-    def fake_runner(preset, only, log_output):
+    def run(preset, only, log_output):
         calls.append((preset, only))
-        finished(get_config(preset), *[s for s in notebook.upstream("04_decompose_refusal_direction") if s[:2] in only])
+        finished(get_config(preset), *[s for s in notebook.upstream("05_steering") if s[:2] in only])
 
-    monkeypatch.setattr("helpers.runner.run_notebooks", fake_runner)
+    monkeypatch.setattr("helpers.runner.run_notebooks", run)
+    return calls
+
+
+def test_cold_start_builds_only_what_is_missing_at_quick_size_and_says_so(runs, capsys, fake_runner):
     offline = get_config("offline")
-    finished(get_config("teach", device="cpu"), "01_cache_activations")  # the teach run already has 01
+    finished(get_config("teach", device="cpu"), "01_cache_activations", "02_train_saes")  # an unfinished teach run
+    finished(get_config("quick", device="cpu"), "01_cache_activations")  # an earlier cold start got as far as 01
     cfg = notebook.cold_start(offline, "decompose_refusal_direction")
-    assert cfg.preset == "teach" and calls == [("teach", ["02", "03"])]
+    assert cfg.preset == "quick" and fake_runner == [("quick", ["02", "03"])]
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1 and out[0].startswith("Cold start: notebook(s) 01 02 03 have not run for preset 'offline'")
-    assert "building 02 03 at teach size" in out[0] and "--preset offline --only 01 02 03" in out[0]
-    # the next notebook opened cold finds the teach outputs and builds nothing
-    assert notebook.cold_start(offline, "refusal_gradient").preset == "teach" and len(calls) == 1
+    assert "building 02 03 at quick size" in out[0] and "--preset offline --only 01 02 03" in out[0]
+    # the next notebook opened cold finds the quick outputs and builds nothing
+    assert notebook.cold_start(offline, "refusal_gradient").preset == "quick" and len(fake_runner) == 1
+    assert "using the quick preset's outputs" in capsys.readouterr().out
+
+
+def test_cold_start_uses_a_finished_teach_run_first(runs, capsys, fake_runner):
+    finished(get_config("teach", device="cpu"), "01_cache_activations", "02_train_saes", "03_refusal_direction")
+    cfg = notebook.cold_start(get_config("offline"), "refusal_gradient")
+    assert cfg.preset == "teach" and fake_runner == []
+    assert "using the teach preset's outputs" in capsys.readouterr().out
+    # 05 reads 04 too, which the teach run has not got: built at quick size, with 01-03, in runs/quick
+    assert notebook.cold_start(get_config("offline"), "steering").preset == "quick"
+    assert fake_runner == [("quick", ["01", "02", "03", "04"])]
 
 
 def test_cold_start_can_be_turned_into_a_one_line_error(runs, monkeypatch):

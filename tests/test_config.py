@@ -4,11 +4,14 @@ from helpers.config import OFFLINE_MODEL, PAPER_MODEL, PRESETS, TINY_MODEL, Conf
 
 
 def test_presets_exist_with_expected_models():
-    assert set(PRESETS) == {"offline", "paper", "smoke", "teach"}
+    assert set(PRESETS) == {"offline", "paper", "smoke", "teach", "quick"}
     assert get_config("offline").model == OFFLINE_MODEL
     teach = get_config("teach", device="cpu")
     assert teach.model == OFFLINE_MODEL and teach.sae_hook == get_config("offline").sae_hook
     assert teach.sae_corpora == get_config("offline").sae_corpora and teach.selection_fallback is False
+    quick = get_config("quick", device="cpu")  # a cold start's upstream: teach with smaller 01-03
+    assert quick.model == OFFLINE_MODEL and quick.sae_corpora == teach.sae_corpora and quick.sae_hook == teach.sae_hook
+    assert quick.cache_tokens < teach.cache_tokens and quick.sae.d_sae < teach.sae.d_sae and quick.n_val < teach.n_val
     assert get_config("smoke").model == TINY_MODEL  # mechanics only: a random Qwen2 with the offline tokenizer
     paper = get_config("paper")
     assert paper.model == PAPER_MODEL == "Qwen/Qwen1.5-0.5B-Chat"
