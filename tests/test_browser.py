@@ -143,7 +143,7 @@ def test_the_prompt_explorer_works_in_jupyterlab(tmp_path):
 @pytest.mark.slow
 def test_an_exercise_notebook_opened_cold_in_jupyterlab(tmp_path):
     """Notebook 04's exercise copy in JupyterLab with upstream missing: its setup builds what is missing (at smoke size
-    here, teach size for a learner) with one line saying so; a solution opens with one click; run with the stubs, the
+    here; for a learner a finished teach run, else quick size) with one line saying so; a solution opens with one click; run with the stubs, the
     first check fails with the stub's message; with every solution put in its stub's cell, every check passes and the
     notebook runs to the end. To save CI ~4 min, the outputs of 01 and 03 are copied from the smoke run that
     scripts/test.sh has just made, so the cold start builds only 02; run alone (no smoke run), it builds 01-03."""
