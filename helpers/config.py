@@ -399,6 +399,9 @@ PRESETS["quick"] = PRESETS["teach"].replace(
 )
 
 
+# Presets whose numbers check the code, not the papers: the report and README say so
+MECHANICS_ONLY_PRESETS = ("smoke", "quick")
+
 def get_config(preset: str | None = None, **overrides) -> Config:
     """The named preset (default: $REFUSAL_PRESET or "offline"), with optional overrides."""
     name = preset or os.environ.get("REFUSAL_PRESET", "offline")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
-from helpers.config import PRESETS, get_config, paper_pair
+from helpers.config import MECHANICS_ONLY_PRESETS, PRESETS, get_config, paper_pair
 from helpers.files import atomic_write_text
 
 SECTIONS = [  # (notebook file, results folder, title)
@@ -316,7 +316,11 @@ def build_report(preset: str) -> Path:
     timings = _load(run_dir, ".", "runner_timings.json") or {}
     parts = [f"<h1>refusal-toolkit · {html.escape(preset)} run</h1>",
              f"<p>model {html.escape(cfg.model)}; built {time.strftime('%Y-%m-%d %H:%M')} from the files in "
-             f"<code>{html.escape(str(run_dir))}</code>.</p>", "<h2>Claims</h2>",
+             f"<code>{html.escape(str(run_dir))}</code>.</p>",
+             *([f"<p class='notrun'>The {html.escape(preset)} preset checks the mechanics at a small size: its numbers "
+                "say nothing about the papers' claims (run the teach preset for a class, the offline one for the "
+                "project's numbers).</p>"] if preset in MECHANICS_ONLY_PRESETS else []),
+             "<h2>Claims</h2>",
              _table([{**{k: v for k, v in r.items() if k != "notebook"}, "held": {True: "yes", False: "no", None: "—"}[r["held"]]}
                      for r in claims(run_dir)])]
     for notebook, folder, title in SECTIONS:

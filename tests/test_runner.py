@@ -100,6 +100,8 @@ def test_report_builds_from_nothing_and_says_not_run(tmp_path, monkeypatch):
     page = build_report("smoke").read_text()
     assert page.count("not run") >= len(SECTIONS) + 2  # every section, and the claims of unrun notebooks
     assert page.count("<script>") == 1 and "plotly" in page.lower()
+    assert "checks the mechanics at a small size" in page  # smoke's numbers say nothing about the papers
+    assert "checks the mechanics" not in build_report("teach").read_text()
     # a finished notebook 03 result fills its claims
     (tmp_path / "smoke" / "refusal_direction").mkdir(parents=True)
     rate = lambda r, n: {"rate": r, "ci95": [max(0, r - 0.1), min(1, r + 0.1)], "n": n}  # noqa: E731
