@@ -40,10 +40,11 @@ def public_splits_folder() -> Path:
     `shared/data/instructions` beside the clone (this project's machines keep a copy there; a user's clone has none,
     and the sections that use them are skipped)."""
     return Path(os.environ.get(PUBLIC_ENV_VAR) or Path(__file__).resolve().parents[2] / "shared" / "data" / "instructions")
+
+
 OWN_SETS = ("harmful", "harmless")
 SPLITS = {"train": 0.6, "val": 0.2, "test": 0.2}
 SPLIT_SEED = 1234
-
 
 
 @dataclass(frozen=True)

@@ -123,7 +123,7 @@ def tiny_model_folder(cache_dir: Path = CACHE_DIR) -> Path:
     """The smoke preset's model: the offline model's architecture (Qwen2) and tokenizer (chat template included) with
     18 layers of width 64 and seeded random weights, so the notebooks' mechanics run in seconds (it says nothing:
     its completions are noise). Built once from the offline model's converted folder and cached."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig
 
     final = cache_dir / f"{TINY_MODEL}-hf"  # not the model name: loaded by path it is a second model
 
@@ -136,12 +136,21 @@ def tiny_model_folder(cache_dir: Path = CACHE_DIR) -> Path:
                        # weights ~N(0, 0.1²): residual norms ~20 at layer 13, as the real model's (median), so the
                        # presets' SAE and steering settings behave (at 0.02 they are ~0.6 and every latent is dead)
                        "initializer_range": 0.1})
-        torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        model.save_pretrained(tmp)
-        AutoTokenizer.from_pretrained(source).save_pretrained(tmp)
+        save_random_model(tmp, config, source)
 
     return atomic_write_dir(final, build)
+
+
+def save_random_model(folder: Path, config, tokenizer_source: Path, device: str = "cpu") -> None:
+    """Save a causal LM of `config`'s shapes with seeded random fp32 weights, and `tokenizer_source`'s tokenizer (chat
+    template included), as a Hugging Face folder: the smoke preset's model and scripts/check_gpu.py's stand-in."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tokenizer_source).save_pretrained(folder)
 
 
 def resolve_model_source(name: str) -> tuple[str, Path | None]:

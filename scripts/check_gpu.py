@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import tempfile
 import time
@@ -49,19 +48,16 @@ def timed(fn):
 
 
 def build_model(folder: Path, tokenizer_dir: Path, device: str, small: bool) -> None:
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import Qwen2Config
+
+    from helpers.models import save_random_model
 
     d, heads = (64, 4) if small else (1024, 16)
     config = Qwen2Config(vocab_size=151936, hidden_size=d, intermediate_size=d * 11 // 4, num_hidden_layers=24,
                          num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=32768,
                          rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=True, bos_token_id=151643,
                          eos_token_id=151645, pad_token_id=151643)
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = Qwen2ForCausalLM(config)
-    model.save_pretrained(folder)
-    for f in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-        shutil.copy(tokenizer_dir / f, folder / f)
+    save_random_model(folder, config, tokenizer_dir, device)
 
 
 class RandomCache:
