@@ -358,9 +358,9 @@ PRESETS["teach"] = PRESETS["offline"].replace(
     ce_windows=2,
     ce_context_size=64,
     # 32k tokens per corpus (~2.5 min for both, with the held-out windows), SAEs trained on 10 epochs of it: at 16k
-    # tokens and 164k training tokens (session 12) the SAEs explained 0.28 of held-out variance with 40% of latents
-    # dead and Kissane et al.'s difference was +0.03 [-0.01, 0.10]; at these sizes 0.5-0.6, 2-3% dead, +0.10
-    # [0.03, 0.29] (their protocol; one run each, 2026-12-02, docs/teaching.md)
+    # tokens and 164k training tokens (session 12) the chat SAE explained 0.28 of held-out variance with ~40% of its
+    # latents dead and Kissane et al.'s difference was +0.03 [-0.01, 0.10]; at these sizes 0.40-0.56, 1-11% dead,
+    # +0.10 [0.03, 0.29] (their protocol; one run each, 2026-12-02, docs/teaching.md)
     cache_tokens=32_768,
     cache_heldout_tokens=4_096,
     cache_context_size=128,

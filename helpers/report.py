@@ -147,15 +147,30 @@ def claims(run_dir: Path) -> list[dict]:
     pair = paper_pair(st["saes"]) if st else None
     if pair:
         b, side = st["bypass"], pair[0]
-        r_abl, chat, web = (b["ablate r"]["substring"], b["ablate chat top latent"]["substring"],
-                            b[f"ablate {side} top latent"]["substring"])
+        r_abl = b["ablate r"]["substring"]
+
+        def top(name: str, paper: bool) -> dict | None:
+            """The bypass rate with `name`'s top latent ablated: the latent from Kissane et al.'s prompts, or ours."""
+            if not paper:
+                return b[f"ablate {name} top latent"]["substring"]
+            key = next((k for k in b if k.startswith(f"ablate {name} top latent (Kissane")), None)
+            return b[key]["substring"] if key else None
+
+        for paper, which in ((True, "latent from their prompts"), (False, "latent from our sets")):
+            chat, web = top("chat", paper), top(side, paper)
+            if chat is None or web is None:
+                continue
+            rows += [
+                {"paper": "Kissane et al. 2024",
+                 "claim": f"ablating the chat SAE's top latent bypasses refusal about as well as r ({which})",
+                 "paper's number": "close to r's ablation", "this run": f"{_rate(chat)} vs r {_rate(r_abl)}",
+                 "held": abs(chat["rate"] - r_abl["rate"]) <= max(chat["stderr"], r_abl["stderr"])},
+                {"paper": "Kissane et al. 2024",
+                 "claim": f"the Pile ({side}) SAE's top latent bypasses less than the chat SAE's ({which})",
+                 "paper's number": "well above r's ablation", "this run": f"{_rate(web)} vs chat {_rate(chat)}",
+                 "held": web["rate"] > chat["rate"] + max(web["stderr"], chat["stderr"])},
+            ]
         rows += [
-            {"paper": "Kissane et al. 2024", "claim": "ablating the chat SAE's top latent bypasses refusal about as well as r",
-             "paper's number": "close to r's ablation", "this run": f"{_rate(chat)} vs r {_rate(r_abl)}",
-             "held": abs(chat["rate"] - r_abl["rate"]) <= max(chat["stderr"], r_abl["stderr"])},
-            {"paper": "Kissane et al. 2024", "claim": f"the Pile ({side}) SAE's top latent bypasses less than the chat SAE's",
-             "paper's number": "well above r's ablation", "this run": f"{_rate(web)} vs chat {_rate(chat)}",
-             "held": web["rate"] > chat["rate"] + max(web["stderr"], chat["stderr"])},
             {"paper": "this project", "claim": f"latents needed to match r's bypass (within 1 s.e.; chat vs {side}, Δ ranking)",
              "paper's number": "—", "this run": f"{st['matching_k'].get('chat (delta)')} vs {st['matching_k'].get(f'{side} (delta)')}",
              "held": None},

@@ -41,7 +41,9 @@ HOLDING = {
     "steering": {
         "saes": {"chat": {}, "webtext_chat": {}}, "matching_k": {"chat (delta)": 1, "webtext_chat (delta)": 4},
         "bypass": {"ablate r": {"substring": _rate(0.05)}, "ablate chat top latent": {"substring": _rate(0.075)},
-                   "ablate webtext_chat top latent": {"substring": _rate(0.5)}}},
+                   "ablate webtext_chat top latent": {"substring": _rate(0.5)},
+                   "ablate chat top latent (Kissane et al.'s protocol: 1)": {"substring": _rate(0.06)},
+                   "ablate webtext_chat top latent (Kissane et al.'s protocol: 2)": {"substring": _rate(0.5)}}},
     "refusal_gradient": {"chat_vs_webtext": {"chat": {
         "top positive": {"mean": 0.6, "se": 0.05, "n": 27}, "top negative": {"mean": -0.4, "se": 0.05, "n": 27},
         "random": {"mean": 0.0, "se": 0.03, "n": 27}}}},
@@ -72,10 +74,15 @@ BREAKS = {
     .update({"cosine": 0.1}),
     "the chat SAE reconstructs r more sparsely": lambda d: d["decompose_refusal_direction"]["smallest_k"]["chat"]
     .update({"k for rel. MSE ≤ 0.5 (top Δ)": 512}),
-    "ablating the chat SAE's top latent": lambda d: d["steering"]["bypass"].update(
-        {"ablate chat top latent": {"substring": _rate(0.4)}}),
-    "the Pile (webtext_chat) SAE's top latent": lambda d: d["steering"]["bypass"].update(
-        {"ablate webtext_chat top latent": {"substring": _rate(0.1)}}),
+    "ablating the chat SAE's top latent bypasses refusal about as well as r (latent from their prompts)": lambda d:
+    d["steering"]["bypass"].update({"ablate chat top latent (Kissane et al.'s protocol: 1)": {"substring": _rate(0.3)}}),
+    "the Pile (webtext_chat) SAE's top latent bypasses less than the chat SAE's (latent from their prompts)": lambda d:
+    d["steering"]["bypass"].update(
+        {"ablate webtext_chat top latent (Kissane et al.'s protocol: 2)": {"substring": _rate(0.1)}}),
+    "ablating the chat SAE's top latent bypasses refusal about as well as r (latent from our sets)": lambda d:
+    d["steering"]["bypass"].update({"ablate chat top latent": {"substring": _rate(0.4)}}),
+    "the Pile (webtext_chat) SAE's top latent bypasses less than the chat SAE's (latent from our sets)": lambda d:
+    d["steering"]["bypass"].update({"ablate webtext_chat top latent": {"substring": _rate(0.1)}}),
     "adding top gradient latents": lambda d: d["refusal_gradient"]["chat_vs_webtext"]["chat"].update(
         {"top negative": {"mean": -0.02, "se": 0.05, "n": 27}}),
 }

@@ -148,9 +148,10 @@ def test_steering_and_gradient_claims_read_their_results(tmp_path):
         "top positive": {"mean": 1.0, "se": 0.1, "n": 27}, "top negative": {"mean": -1.0, "se": 0.1, "n": 27},
         "random": {"mean": 0.0, "se": 0.1, "n": 27}}}}))
     rows = {r["claim"]: r for r in claims(tmp_path)}
-    assert rows["ablating the chat SAE's top latent bypasses refusal about as well as r"]["held"] is True
-    assert rows["the Pile (webtext) SAE's top latent bypasses less than the chat SAE's"]["held"] is True
+    assert rows["ablating the chat SAE's top latent bypasses refusal about as well as r (latent from our sets)"]["held"] is True
+    assert rows["the Pile (webtext) SAE's top latent bypasses less than the chat SAE's (latent from our sets)"]["held"] is True
     assert rows["adding top gradient latents raises refusal, negative ones lower it (chat SAE)"]["held"] is True
+    assert not [c for c in rows if "latent from their prompts" in c], "no public splits: no rows for their latent"
     # with webtext_chat beside webtext, the chat-format SAE stands for Kissane et al.'s Pile SAE, which bypasses as
     # well as the chat SAE's here: the claim does not hold
     (tmp_path / "steering" / "results.json").write_text(json.dumps({
@@ -159,7 +160,7 @@ def test_steering_and_gradient_claims_read_their_results(tmp_path):
                    "ablate webtext top latent": {"substring": rate(0.5)},
                    "ablate webtext_chat top latent": {"substring": rate(0.15)}}}))
     rows = {r["claim"]: r for r in claims(tmp_path)}
-    assert rows["the Pile (webtext_chat) SAE's top latent bypasses less than the chat SAE's"]["held"] is False
+    assert rows["the Pile (webtext_chat) SAE's top latent bypasses less than the chat SAE's (latent from our sets)"]["held"] is False
 
 
 def test_fingerprint_follows_only_the_helpers_a_notebook_uses(tmp_path):
