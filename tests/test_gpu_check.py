@@ -1,5 +1,5 @@
-"""scripts/check_gpu.py is the GPU check of the paper preset's code path (run on an H100, README "Checked on a
-GPU"); its `--small` dry run on the CPU keeps the script itself from rotting between GPU sessions."""
+"""scripts/check_gpu.py is the GPU check of the paper preset's code path (run on an H100, docs/00_meet_the_model.md
+"Checked on a GPU"); its `--small` dry run on the CPU keeps the script itself from rotting between GPU sessions."""
 
 import json
 import subprocess
