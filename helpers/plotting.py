@@ -52,3 +52,18 @@ def layer_sweep(scores: Sequence[Sequence[float]], positions: Sequence[str], tit
                                  marker=dict(size=14, symbol="star", color="black")))
     fig.update_layout(title=title, xaxis_title="source layer", yaxis_title=ylabel)
     return fig
+
+
+def k_sweep(ks: Sequence[int], curves: Mapping[str, tuple[Sequence[Rate], str]], title: str,
+            levels: Mapping[str, float] | None = None) -> go.Figure:
+    """Refusal rate against k on a log axis: one line per curve (name -> (a Rate per k, line dash)) with ±1 s.e.
+    bars, and reference levels (name -> rate) as dashed horizontal lines."""
+    fig = go.Figure()
+    for name, (rates, dash) in curves.items():
+        fig.add_trace(go.Scatter(x=list(ks), y=[r.rate for r in rates], mode="lines+markers", line_dash=dash, name=name,
+                                 error_y=dict(type="data", array=[r.stderr for r in rates])))
+    for i, (name, value) in enumerate((levels or {}).items()):
+        fig.add_hline(y=value, line_dash="dash", line_color="black" if i == 0 else "grey", annotation_text=name)
+    fig.update_layout(title=title, xaxis_type="log", xaxis_title="k latents", yaxis_title="refusal rate",
+                      yaxis_range=[0, 1])
+    return fig

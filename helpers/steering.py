@@ -108,6 +108,28 @@ def smallest_matching_k(ks: Sequence[int], rates: Sequence[Rate], target: Rate) 
     return None
 
 
+def subspace_sweep(saes: dict, rankings: dict[str, dict], ks: Sequence[int],
+                   done: dict[tuple[str, tuple[int, ...]], str] | None = None,
+                   ) -> tuple[dict[tuple[str, str, int], str], dict[str, str], dict[str, Intervention]]:
+    """The span ablations of each SAE's top-k latents, by both of notebook 04's rankings (`delta`, `omp`), for each
+    k in `ks`. Returns (keys: (sae, ranking, k) -> condition name; same_as: condition -> the earlier condition with
+    the same latent set, not run again; to_run: condition -> Intervention). `done` maps (sae, sorted latents) to
+    conditions already generated elsewhere (say the top latent alone)."""
+    done = dict(done or {})
+    keys, same_as, to_run = {}, {}, {}
+    for name, sae in saes.items():
+        for ranking in ("delta", "omp"):
+            for k in ks:
+                latents = tuple(sorted(rankings[name][ranking][:k]))
+                key = keys[(name, ranking, k)] = f"ablate {name} top-{k} ({ranking})"
+                if (name, latents) in done:
+                    same_as[key] = done[(name, latents)]
+                else:
+                    done[(name, latents)] = key
+                    to_run[key] = latent_ablation(sae, latents)
+    return keys, same_as, to_run
+
+
 def load_rankings(run_dir) -> dict[str, dict]:
     """Notebook 04's latent rankings per SAE: the top latent by decoder cosine with r (`top`, `cosine`), the same
     for r from Kissane et al.'s protocol (`top_paper`, `cosine_paper`; None without the public splits), the top 16

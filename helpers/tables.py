@@ -33,6 +33,16 @@ def protocol_table(protocols: dict[str, dict], sae_names: list[str], pair: tuple
     return pd.DataFrame(rows).T.fillna("")
 
 
+def judged_rates_table(sides: dict[str, dict[str, dict]]) -> pd.DataFrame:
+    """One row per condition of `evaluate_refusal` results grouped by prompts (side -> condition -> result): the
+    refusal rate ± its standard error under the substring and the starts-with judge."""
+    def cell(r: dict) -> str:
+        return f"{r['rate']:.1%} ± {r['stderr']:.1%}"
+
+    return pd.DataFrame({cond: {"prompts": side, "substring": cell(v["substring"]), "starts-with": cell(v["starts_with"])}
+                         for side, conds in sides.items() for cond, v in conds.items()}).T
+
+
 def context_text(examples: list[dict], k: int = 2) -> str:
     """The `k` strongest top-activating contexts of a latent, "…before[[token]]" joined by " | "."""
     best = sorted(examples, key=lambda e: -e["activation"])[:k]

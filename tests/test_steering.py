@@ -53,6 +53,24 @@ def test_ablating_the_span_of_one_latent_equals_ablating_its_decoder_direction()
     assert torch.allclose(ablate_direction(out, two.ablate), out, atol=1e-5)
 
 
+def test_subspace_sweep_names_each_k_and_runs_each_latent_set_once():
+    saes = {"chat": sae_lens_sae(16, seed=1), "web": sae_lens_sae(16, seed=2)}
+    rankings = {"chat": {"delta": [5, 3, 9, 1], "omp": [3, 5, 2, 8]}, "web": {"delta": [4, 6, 7, 0], "omp": [4, 7, 6, 0]}}
+    keys, same_as, to_run = steering.subspace_sweep(saes, rankings, [1, 2, 4], done={("chat", (5,)): "ablate chat top latent"})
+    assert len(keys) == 2 * 2 * 3 and keys[("chat", "omp", 2)] == "ablate chat top-2 (omp)"
+    # chat top-1 by delta is the top latent run elsewhere; top-2 sets {3, 5} are equal by both rankings; web's top-1
+    # is 4 by both, and top-4 is {0, 4, 6, 7} by both
+    assert same_as == {"ablate chat top-1 (delta)": "ablate chat top latent",
+                       "ablate chat top-2 (omp)": "ablate chat top-2 (delta)",
+                       "ablate web top-1 (omp)": "ablate web top-1 (delta)",
+                       "ablate web top-4 (omp)": "ablate web top-4 (delta)"}
+    assert set(to_run) | set(same_as) == set(keys.values()) and not set(to_run) & set(same_as)
+    four = to_run["ablate chat top-4 (delta)"].ablate
+    assert four.shape == (4, 16)
+    out = ablate_direction(torch.randn(2, 3, 16), four)
+    assert (out @ saes["chat"].W_dec.detach()[[1, 3, 5, 9]].T).abs().max() < 1e-4, "the span of exactly those 4 rows"
+
+
 def test_subspace_ablation_rejects_dependent_rows():
     r = torch.randn(8)
     with pytest.raises(ValueError, match="linearly dependent"):

@@ -32,3 +32,15 @@ def test_gradient_page_escapes_prompts_and_shows_the_strongest_contexts():
     assert page.index("the strong[[&lt;y&gt;]]") < page.index("a weak[[x]]")
     assert "(never fires held-out)" in page  # latent 9 has no contexts
     assert tables.context_text([]) == "(never fires held-out)"
+
+
+def test_judged_rates_table_keeps_each_side_and_both_judges():
+    r = lambda rate, se: {"rate": rate, "stderr": se}  # noqa: E731
+    t = tables.judged_rates_table({
+        "harmful": {"none": {"substring": r(0.5, 0.1), "starts_with": r(0.45, 0.1)},
+                    "clamp chat top latent (3) to 0": {"substring": r(0.25, 0.05), "starts_with": r(0.2, 0.05)}},
+        "harmless": {"add chat top latent × 1.0": {"substring": r(0.125, 0.05), "starts_with": r(0.0, 0.0)}}})
+    assert list(t.index) == ["none", "clamp chat top latent (3) to 0", "add chat top latent × 1.0"]
+    assert list(t["prompts"]) == ["harmful", "harmful", "harmless"]
+    assert t.loc["none", "substring"] == "50.0% ± 10.0%" and t.loc["none", "starts-with"] == "45.0% ± 10.0%"
+    assert t.loc["add chat top latent × 1.0", "starts-with"] == "0.0% ± 0.0%"
