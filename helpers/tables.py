@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import math
 
 import pandas as pd
 
@@ -10,6 +11,13 @@ import pandas as pd
 def fmt_interval(d: dict) -> str:
     """"0.344 [0.256, 0.515]" from `{"estimate": ..., "ci95": [lo, hi]}`."""
     return f"{d['estimate']:.3f} [{d['ci95'][0]:.3f}, {d['ci95'][1]:.3f}]"
+
+
+def fmt_se(value: float, se: float, spec: str = ".3f") -> str:
+    """"+0.319 ± 0.012"; with one sample (a standard error of NaN) "+0.319 (one window: no s.e.)"."""
+    if math.isnan(se):
+        return f"{value:{spec}} (one window: no s.e.)"
+    return f"{value:{spec}} ± {se:.3f}"
 
 
 def protocol_table(protocols: dict[str, dict], sae_names: list[str], pair: tuple[str, str] | None) -> pd.DataFrame:

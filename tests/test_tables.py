@@ -44,3 +44,8 @@ def test_judged_rates_table_keeps_each_side_and_both_judges():
     assert list(t["prompts"]) == ["harmful", "harmful", "harmless"]
     assert t.loc["none", "substring"] == "50.0% ± 10.0%" and t.loc["none", "starts-with"] == "45.0% ± 10.0%"
     assert t.loc["add chat top latent × 1.0", "starts-with"] == "0.0% ± 0.0%"
+
+
+def test_fmt_se_says_when_there_is_no_standard_error():
+    assert tables.fmt_se(0.3191, 0.0123, "+.3f") == "+0.319 ± 0.012"
+    assert tables.fmt_se(3.3938, float("nan")) == "3.394 (one window: no s.e.)"
