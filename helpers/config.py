@@ -338,10 +338,10 @@ PRESETS: dict[str, Config] = {
     ),
 }
 
-# The teaching preset: the whole 00-06 in about 20 minutes on 2 CPU cores (the offline model and corpora, fewer prompts,
-# SAEs of 2,048 latents trained on ~25k cached tokens), and what a notebook opened cold builds its upstream with
-# (helpers.notebook.cold_start). Which of the papers' qualitative results hold at this size is measured in the
-# README ("Teach with it") and said in each notebook where one does not.
+# The teaching preset: the whole 00-06 within 20 minutes on 2 CPU cores (13.5-14.6 min measured, docs/teaching.md;
+# the offline model and corpora, fewer prompts, SAEs of 2,048 latents trained on 32k cached tokens per corpus); once
+# it has run, a notebook opened cold reads its upstream from it (helpers.notebook.cold_start). Which of the papers'
+# qualitative results hold at this size is measured in docs/teaching.md and said by each notebook's claims table.
 PRESETS["teach"] = PRESETS["offline"].replace(
     preset="teach",
     n_train=48,
@@ -405,7 +405,7 @@ PRESETS["quick"] = PRESETS["teach"].replace(
 
 # Presets whose numbers check the code, not the papers: the report and README say so
 MECHANICS_ONLY_PRESETS = ("smoke", "quick")
-# The teaching presets (00-06 in ~20 min on 2 CPU cores; quick builds a cold start's inputs): on the GPU when there
+# The teaching presets (00-06 within 20 min on 2 CPU cores; quick builds a cold start's inputs): on the GPU when there
 # is one, and notebooks 04-06 cut their prompts and resamples for them
 TEACHING_PRESETS = ("teach", "quick")
 
