@@ -14,6 +14,8 @@ a passed one prints one line starting with ✓.
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -60,9 +62,22 @@ def _distance(a: Tensor, b: Tensor) -> float:
     return (a.detach().double().cpu() - b.detach().double().cpu()).norm().item()
 
 
+def _log_tolerance(name: str, where: str, error: float, rtol: float) -> None:
+    """Append the error to REFUSAL_TOLERANCE_LOG when it is set (scripts/tolerance_margins.py reads it)."""
+    log = os.environ.get("REFUSAL_TOLERANCE_LOG")
+    if log:
+        with open(log, "a") as f:
+            f.write(json.dumps({"name": f"checks.{name} {where}", "observed": error, "bound": rtol,
+                                "file": "checks.py", "line": None,
+                                "test": os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0]}) + "\n")
+
+
 def _compare(name: str, got, want: Tensor, mistakes: list[Mistake], where: str, rtol: float = 1e-4,
-             shape_hint: str = "") -> float:
-    """Relative error of `got` against `want`; CheckFailed naming the matching mistake when it is wrong."""
+             shape_hint: str = "", scale: float = 0.0) -> float:
+    """Relative error ‖got − want‖ / max(‖want‖, `scale`) of `got` against `want`; CheckFailed naming the matching
+    mistake when it is wrong. `scale` is the size of the inputs the answer is computed from, where `want` is a
+    small difference of large values (a difference of means of Qwen's ~10³ residuals): float32 rounding of the
+    inputs is then relative to them, not to the difference."""
     got = _as_tensor(name, got, want)
     if tuple(got.shape) != tuple(want.shape):
         raise CheckFailed(f"{name} returned shape {tuple(got.shape)} {where}; expected {tuple(want.shape)}"
@@ -72,8 +87,9 @@ def _compare(name: str, got, want: Tensor, mistakes: list[Mistake], where: str, 
                           "values near 10³, where float16 cannot hold the small differences that matter.")
     if not bool(torch.isfinite(got).all()):
         raise CheckFailed(f"{name} returned NaN or infinite values {where}.")
-    scale = max(want.detach().double().norm().item(), 1e-12)
+    scale = max(want.detach().double().norm().item(), scale, 1e-12)
     error = _distance(got, want) / scale
+    _log_tolerance(name, where, error, rtol)
     if error <= rtol:
         return error
     matches = []  # (how close, hint) for each mistake whose answer the learner's is near
@@ -119,9 +135,11 @@ def difference_of_means(fn: Callable[[Tensor, Tensor], Tensor], model=None, harm
         Mistake("the means lost precision: accumulate in float32 or float64 (the residual has values near 10³; "
                 "float16 rounds them to ±0.5).", lambda: (h.half().mean(0) - hl.half().mean(0)).double()),
     ]
-    _compare(name, _run(name, fn, h, hl), want, mistakes, "on random tensors [7 and 5 prompts, 3 positions, "
-             "4 layers, d_model 8]", rtol=1e-5,
-             shape_hint="average over prompts (dim 0) only; keep one direction per position and layer.")
+    # relative to the means' size (~10³ per entry): float32 means err by ~1e-7 of it, float16 by ~2e-4
+    _compare(name, _run(name, fn, h.clone(), hl.clone()), want, mistakes, "on random tensors [7 and 5 prompts, "
+             "3 positions, 4 layers, d_model 8]", rtol=1e-5,
+             shape_hint="average over prompts (dim 0) only; keep one direction per position and layer.",
+             scale=h.double().mean(0).norm().item())
     stages = ["on random tensors"]
     if model is not None:
         from helpers.directions import candidate_directions, post_instruction_positions, residuals_at
@@ -130,10 +148,12 @@ def difference_of_means(fn: Callable[[Tensor, Tensor], Tensor], model=None, harm
         if not harmful or not harmless:
             raise ValueError("checks.difference_of_means with a model needs harmful= and harmless= instructions.")
         positions = post_instruction_positions(model)
-        got = _run(name, fn, residuals_at(model, harmful, positions), residuals_at(model, harmless, positions))
+        acts = residuals_at(model, harmful, positions)
+        got = _run(name, fn, acts, residuals_at(model, harmless, positions))
         ref = candidate_directions(model, harmful, harmless)
         _compare(name, got, ref, [Mistake("the sign is flipped: harmful minus harmless.", lambda: -ref)],
-                 f"on the model ({len(harmful)} + {len(harmless)} prompts)", rtol=1e-4)
+                 f"on the model ({len(harmful)} + {len(harmless)} prompts)", rtol=1e-4,
+                 scale=acts.double().mean(0).norm().item())
         stages.append("on the model")
     _passed(name, stages)
 
@@ -223,6 +243,7 @@ def _model_logits_match(name: str, model, hooks, reference: Intervention, prompt
     with model.tl.hooks(fwd_hooks=hooks):
         got = last_token_logits(model, prompts)
     error = _distance(got, want) / want.double().norm().item()
+    _log_tolerance(name, "last-token logits on the model", error, rtol)
     if error > rtol:
         raise CheckFailed(f"{name}: on the model, the last-token logits with your hooks differ from helpers' by "
                           f"{error:.2e} (relative) on {len(prompts)} prompts; it passed on random tensors, so "
@@ -265,6 +286,7 @@ def orthogonalize(fn: Callable[[Tensor, Tensor], Tensor], model=None, direction:
         if not prompts:
             raise ValueError("checks.orthogonalize with a model needs prompts=[...].")
         diff = orthogonalization_check(model, direction, prompts[:3], project=lambda w, d: _run(name, fn, w, d))
+        _log_tolerance(name, "orthogonalized model vs ablation, relative logits", diff, 1e-3)
         if diff > 1e-3:
             raise CheckFailed(f"{name}: the model with your orthogonalized weights differs from ablation by "
                               f"{diff:.2e} (relative logits); it passed on random tensors, so check dtype/device.")

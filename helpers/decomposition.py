@@ -8,8 +8,10 @@ against a direction uses unit-normalised rows (`unit_decoder`).
 - `prompt_activations`: residual activations of chat-formatted prompts at one layer, every token.
 - `faithfulness`: cosine and relative MSE of the reconstructed difference of means against the true
   one, with paired bootstrap intervals over prompts (`bootstrap_faithfulness`).
-- `null_faithfulness`: the same for differences between random halves of one side (a control that
-  separates "refusal" from "chat format").
+- `null_faithfulness`: the same for differences between random halves of one side: how well each SAE
+  reconstructs a noise-sized difference between chat-formatted prompts. Both halves carry the chat format, so it
+  cannot tell refusal from chat format; `structured_control` (directions of r's kind without refusal) is the
+  control for that question.
 - `sparsity_curve`: relative MSE of the best least-squares fit of r with k decoder rows, for the top-k
   latents by |Δ activation| and by orthogonal matching pursuit (`omp`).
 - `latent_table`, `latent_dashboard_html`: the refusal latents and what they respond to.
@@ -530,5 +532,11 @@ def model_by_data(saes: dict, values: dict[str, float]) -> dict[str, dict[str, f
         data = name.removeprefix(BASE_PREFIX)
         if name == "mixture" or data.endswith("_topk") or name not in values:
             continue
-        grid.setdefault(sae.cfg.metadata.model_name, {})[data] = values[name]
+        grid.setdefault(canonical_model_name(sae.cfg.metadata.model_name), {})[data] = values[name]
     return grid if len(grid) >= 2 else None
+
+
+def canonical_model_name(name: str | None) -> str:
+    """One spelling per model: the hub name's last part, lower-cased ("Qwen/Qwen1.5-0.5B-Chat" and TransformerLens'
+    "qwen1.5-0.5b-chat" are the same model)."""
+    return str(name).rsplit("/", 1)[-1].lower()

@@ -11,10 +11,11 @@ at every prompt position, dotted with each latent's unit decoder row, scores the
 - `attribution`: Σ_t f_k(x_t) (W_dec[k] · g_t), activation × gradient: the first-order change of R when the
   latent is switched off at every position (prompt-specific by construction);
 - any rule with `r_orthogonal=True` first removes r̂ (at the source layer) from the gradient, i.e. scores the
-  part of dₖ orthogonal to the refusal direction: our choice, because the plain scores put the generic refusal
-  latent (the one most aligned with r) first for every prompt.
+  part of dₖ orthogonal to the refusal direction: a variant that notebook 06 shows beside the published plain
+  reading (its main one), asking what pushes R other than the refusal component every prompt shares.
 
-Choices where the method is unpublished are marked in notebook 06.
+The target layer L is notebook 03's selected layer when it lies above the source (notebook 06's `TARGET_LAYER`);
+the most separating layer is a sensitivity row. Choices where the method is unpublished are marked in notebook 06.
 """
 
 from __future__ import annotations

@@ -42,6 +42,16 @@ def public_splits_folder() -> Path:
     return Path(os.environ.get(PUBLIC_ENV_VAR) or Path(__file__).resolve().parents[2] / "shared" / "data" / "instructions")
 
 
+PROCESSED_ENV_VAR = "REFUSAL_PROCESSED_INSTRUCTIONS"
+
+
+def processed_folder() -> Path:
+    """Where the whole AdvBench and Alpaca lists (`advbench.json`, `alpaca.json`) are looked for:
+    `$REFUSAL_PROCESSED_INSTRUCTIONS`, else `processed/` beside the public splits' folder, as in
+    andyrdt/refusal_direction's `dataset/` (its `splits/` and `processed/`)."""
+    return Path(os.environ.get(PROCESSED_ENV_VAR) or public_splits_folder().parent / "processed")
+
+
 OWN_SETS = ("harmful", "harmless")
 SPLITS = {"train": 0.6, "val": 0.2, "test": 0.2}
 SPLIT_SEED = 1234

@@ -48,6 +48,8 @@ KISSANE_SAES: dict[str, Artifact] = {
                                   "the Pile, chat format with assistant", 1.944763706304832),
 }
 LEGACY_TENSORS = ("W_enc", "W_dec", "b_enc", "b_dec")
+# sae_lens folds the norm scaling factor into b_dec too from this version on, so dividing b_dec again would be wrong
+B_DEC_FOLDED_FROM = (4, 0, 10)
 
 
 class LegacySAEError(ValueError):
@@ -64,10 +66,18 @@ def is_legacy_folder(folder: str | Path) -> bool:
     return "metadata" not in d and ("hook_name" in d or "hook_point" in d)
 
 
-def convert_legacy_sae(folder: str | Path, norm_scaling_factor: float | None, device: str = "cpu"):
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in text.split("+")[0].split(".")[:3] if p.isdigit())
+
+
+def convert_legacy_sae(folder: str | Path, norm_scaling_factor: float | None, device: str = "cpu",
+                       model_name: str | None = None):
     """The SAE in `folder` (older sae_lens layout) as a sae_lens 6 `StandardSAE` in the model's units: `b_dec`
     divided by `norm_scaling_factor` (the factor training scaled activations by; None when the SAE was trained
-    without one), then the decoder norms folded into the encoder (unit decoder rows, the same reconstructions)."""
+    without one), then the decoder norms folded into the encoder (unit decoder rows, the same reconstructions).
+    `model_name` (the hub name, as notebook 02 records its own SAEs' model) replaces cfg.json's, which older
+    sae_lens wrote in TransformerLens' spelling. The b_dec rule fits SAEs trained before sae_lens 4.0.10 (read from
+    cfg.json's `sae_lens_training_version`); a later version is refused."""
     from safetensors.torch import load_file
     from sae_lens import StandardSAE, StandardSAEConfig
     from sae_lens.saes.sae import SAEMetadata
@@ -86,6 +96,14 @@ def convert_legacy_sae(folder: str | Path, norm_scaling_factor: float | None, de
     if norm_scaling_factor is None and cfg.get("normalize_activations") not in (None, "none"):
         raise LegacySAEError(f"{folder} was trained with normalize_activations={cfg['normalize_activations']!r}: "
                              "pass its norm_scaling_factor (KISSANE_SAES lists Kissane et al.'s).")
+    trained_with = cfg.get("sae_lens_training_version")
+    if norm_scaling_factor is not None and trained_with and _version(str(trained_with)) >= B_DEC_FOLDED_FROM:
+        raise LegacySAEError(f"{folder} was trained with sae_lens {trained_with}, which already folds the norm "
+                             "scaling factor into b_dec (from 4.0.10 on): Kissane et al.'s b_dec / s rule would scale "
+                             "it twice.")
+    if norm_scaling_factor is not None and not trained_with:
+        print(f"{folder}: cfg.json does not say which sae_lens trained it; dividing b_dec by {norm_scaling_factor:.4f} "
+              "as Kissane et al.'s code does for their mid-2024 (sae_lens 3.x) SAEs.")
     t = load_file(str(weights))
     missing = [k for k in LEGACY_TENSORS if k not in t]
     if missing:
@@ -100,7 +118,8 @@ def convert_legacy_sae(folder: str | Path, norm_scaling_factor: float | None, de
         b_dec = b_dec / float(norm_scaling_factor)
     norms = W_dec.norm(dim=-1).clamp_min(1e-12)
     W_enc, b_enc, W_dec = W_enc * norms, b_enc * norms, W_dec / norms[:, None]
-    meta = SAEMetadata(hook_name=cfg.get("hook_name") or cfg["hook_point"], model_name=cfg.get("model_name"),
+    meta = SAEMetadata(hook_name=cfg.get("hook_name") or cfg["hook_point"],
+                       model_name=model_name or cfg.get("model_name"),
                        converted_from=str(folder), norm_scaling_factor=norm_scaling_factor)
     sae = StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=d_sae, dtype="float32", device=device,
                                         apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)),
@@ -125,7 +144,7 @@ def fetch(name: str, folder: str | Path, device: str = "cpu"):
                               f"files (cfg.json, sae_weights.safetensors) in {folder}.") from None
         folder.mkdir(parents=True, exist_ok=True)
         wandb.Api().artifact(art.path).download(root=str(folder))
-    return convert_legacy_sae(folder, art.norm_scaling_factor, device=device)
+    return convert_legacy_sae(folder, art.norm_scaling_factor, device=device, model_name=art.model)
 
 
 def install(name: str, run_dir: str | Path, download_dir: str | Path, device: str = "cpu") -> Path:

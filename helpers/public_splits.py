@@ -38,10 +38,44 @@ def kissane_split(items: list, test_size: float = 0.2, seed: int = 42) -> tuple[
     return [items[i] for i in perm[n_test:]], [items[i] for i in perm[:n_test]]
 
 
-def kissane_prompts(folder: str | Path, n: int = 64) -> dict[str, list[str]] | None:
-    """Kissane et al.'s kind of prompts from the public splits in `folder`: their split (`kissane_split`) of the
-    AdvBench-style harmful file (`harmful_train.json`) and of the Alpaca file (`harmless_train.json`), the first `n`
-    of each train part, as their code takes the first 64. None when `folder` or a file is missing."""
+# Kissane et al.'s prompt lists: side -> (file in `instructions.processed_folder()`, public set, its size)
+KISSANE_LISTS = {"harmful": ("advbench.json", "advbench", 520), "harmless": ("alpaca.json", "alpaca", 31_323)}
+KISSANE_SET = "AdvBench vs Alpaca (Kissane et al.'s split)"
+ARDITI_MIX_SET = "Arditi et al.'s harmful_train mix vs Alpaca subset (Kissane et al.'s split)"
+
+
+def kissane_prompts(folder: str | Path | None = None, n: int = 64, download: bool = False
+                    ) -> dict[str, list[str]] | None:
+    """Kissane et al.'s prompts: their split (`kissane_split`) of the 520 AdvBench behaviours (`advbench.json`, the
+    `goal` column in file order) and of the 31,323 Alpaca instructions with an empty input (`alpaca.json`, dataset
+    order), the first `n` of each train part, as their code takes the first 64.
+
+    Read from `folder` (default `instructions.processed_folder()`); when a file is missing, downloaded with
+    `load_instructions("advbench" / "alpaca")` if `download` (the paper preset on Colab), else None. A list of
+    another length is an error: the same indices of another list are other prompts."""
+    from helpers.instructions import load_instructions, processed_folder
+
+    folder = Path(folder) if folder is not None else processed_folder()
+    out = {}
+    for side, (file, public_name, size) in KISSANE_LISTS.items():
+        if (folder / file).is_file():
+            items = read_instruction_file(folder / file)
+        elif download:
+            items = load_instructions(public_name)
+        else:
+            return None
+        if len(items) != size:
+            raise InstructionDataError(f"{folder / file if (folder / file).is_file() else public_name} holds "
+                                       f"{len(items)} instructions, not {size}: Kissane et al.'s split needs the "
+                                       f"whole list in its order (andyrdt/refusal_direction's dataset/processed/{file}).")
+        out[side] = kissane_split(instructions_only(items))[0][:n]
+    return out
+
+
+def arditi_mix_prompts(folder: str | Path, n: int = 64) -> dict[str, list[str]] | None:
+    """Kissane et al.'s split applied to Arditi et al.'s public splits in `folder`: `harmful_train.json` (a mix of
+    AdvBench, MaliciousInstruct, TDC 2023 and HarmBench) and `harmless_train.json` (a 2,048-item Alpaca subset), the
+    first `n` of each train part: their indices, other prompts. None when `folder` or a file is missing."""
     folder = Path(folder)
     files = {"harmful": folder / "harmful_train.json", "harmless": folder / "harmless_train.json"}
     if not all(f.is_file() for f in files.values()):
@@ -54,6 +88,18 @@ def kissane_prompts(folder: str | Path, n: int = 64) -> dict[str, list[str]] | N
                                        f"ask for n <= {len(train)}.")
         out[side] = train[:n]
     return out
+
+
+def kissane_prompt_sets(public_folder: str | Path | None = None, n: int = 64, download: bool = False
+                        ) -> dict[str, dict[str, list[str]]]:
+    """The prompt sets of Kissane et al.'s protocol that are here, keyed by label: `KISSANE_SET` (their own
+    prompts, `kissane_prompts`, downloaded when `download`) and `ARDITI_MIX_SET` (their split of Arditi et al.'s
+    public splits in `public_folder`, `arditi_mix_prompts`). Empty on a plain offline clone."""
+    from helpers.instructions import public_splits_folder
+
+    sets = {KISSANE_SET: kissane_prompts(n=n, download=download),
+            ARDITI_MIX_SET: arditi_mix_prompts(public_folder or public_splits_folder(), n)}
+    return {k: v for k, v in sets.items() if v is not None}
 
 
 def public_prompts(folder: str | Path, n: int) -> dict[str, list[str]] | None:

@@ -87,14 +87,15 @@ def library_versions(names: tuple[str, ...] = LIBRARIES) -> dict[str, str]:
 
 def data_files(modules: list[Path]) -> list[Path]:
     """The data files a notebook may read: every file of the project's `data/` folder, and the public instruction
-    splits (`instructions.public_splits_folder()`) when the notebook uses `helpers.public_splits` and a copy exists."""
-    from helpers.instructions import DATA_ROOT, public_splits_folder
+    splits and the whole AdvBench / Alpaca lists (`instructions.public_splits_folder()`, `processed_folder()`) when
+    the notebook uses `helpers.public_splits` and a copy exists."""
+    from helpers.instructions import DATA_ROOT, processed_folder, public_splits_folder
 
     files = sorted(p for p in DATA_ROOT.rglob("*") if p.is_file())
     if any(m.stem == "public_splits" for m in modules):
-        folder = public_splits_folder()
-        if folder.is_dir():
-            files += sorted(p for p in folder.rglob("*.json") if p.is_file())
+        for folder in (public_splits_folder(), processed_folder()):
+            if folder.is_dir():
+                files += sorted(p for p in folder.rglob("*.json") if p.is_file())
     return files
 
 

@@ -22,9 +22,9 @@ from helpers import decomposition as dec
 from helpers.activations import open_cache, split_heldout
 from helpers.config import SAEConfig, get_config
 from helpers.files import atomic_write_json
-from helpers.instructions import instructions_only, load_instructions, public_splits_folder
+from helpers.instructions import instructions_only, load_instructions
 from helpers.models import load_from_config
-from helpers.public_splits import kissane_prompts
+from helpers.public_splits import kissane_prompt_sets
 from helpers.saes import load_sae, train_or_reuse
 
 
@@ -55,10 +55,10 @@ def main(argv: list[str] | None = None) -> None:
     n = args.n_prompts
     prompt_sets = {"ours (matched sets)": {s: instructions_only(load_instructions(s, split="train", n=n))
                                            for s in ("harmful", "harmless")}}
-    public = kissane_prompts(args.public or public_splits_folder(), n)
+    public = kissane_prompt_sets(args.public, n)
     templates = {f"preset (system_prompt={cfg.system_prompt!r})": cfg.system_prompt}
-    if public is not None:
-        prompt_sets["Kissane et al. (AdvBench-style vs Alpaca)"] = public
+    if public:
+        prompt_sets.update(public)
         templates["no system turn (paper)"] = None
     per_seed = {seed: dec.protocol_grid(model, saes, prompt_sets, templates, cfg.sae_hook, -1, args.resamples, cfg.seed)
                 for seed, saes in saes_by_seed.items()}

@@ -22,9 +22,9 @@ from helpers import decomposition as dec
 from helpers.activations import cache_from_config, open_cache, split_heldout
 from helpers.config import SAEConfig, get_config
 from helpers.files import atomic_write_json
-from helpers.instructions import instructions_only, load_instructions, public_splits_folder
+from helpers.instructions import instructions_only, load_instructions
 from helpers.models import load_from_config
-from helpers.public_splits import kissane_prompts
+from helpers.public_splits import kissane_prompt_sets
 from helpers.saes import load_sae, train_or_reuse
 
 NEW = "webtext_user"
@@ -53,9 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     prompt_sets = {"ours (matched sets)": {s: instructions_only(load_instructions(s, split="train", n=n))
                                            for s in ("harmful", "harmless")}}
     templates = {f"preset (system_prompt={cfg.system_prompt!r})": cfg.system_prompt, "no system turn (paper)": None}
-    public = kissane_prompts(args.public or public_splits_folder(), n)
-    if public is not None:
-        prompt_sets["Kissane et al. (AdvBench-style vs Alpaca)"] = public
+    prompt_sets.update(kissane_prompt_sets(args.public, n))
     grid = dec.protocol_grid(model, saes, prompt_sets, templates, cfg.sae_hook, -1, args.resamples, cfg.seed)
     for key, prot in grid.items():
         f = prot["faithfulness"]

@@ -26,6 +26,12 @@ def dom_right(h, hl):
 def test_difference_of_means(capsys):
     checks.difference_of_means(dom_right)
     assert "✓ difference_of_means" in capsys.readouterr().out
+    # right in float32 too, written three ways: the error is relative to the means' size (~10³), not to their
+    # difference (~1), whose float32 rounding is 9e-5 of it (once refused at a 1e-5 tolerance)
+    for right in (lambda h, hl: h.mean(0) - hl.mean(0), lambda h, hl: h.sum(0) / len(h) - hl.sum(0) / len(hl),
+                  lambda h, hl: torch.einsum("n...->...", h) / h.shape[0] - hl.mean(dim=0, keepdim=True)[0]):
+        checks.difference_of_means(right)
+        assert "✓ difference_of_means" in capsys.readouterr().out
     fails_with(checks.difference_of_means, lambda h, hl: hl.mean(0) - h.mean(0), "sign is flipped")
     fails_with(checks.difference_of_means, lambda h, hl: torch.nn.functional.normalize(dom_right(h, hl), dim=-1),
                "is normalised")
@@ -264,11 +270,12 @@ def direction(model):
 
 def test_checks_on_the_model_pass_right_and_catch_wrong(model, direction, capsys):
     checks.difference_of_means(dom_right, model, HARMFUL, PROMPTS)
+    checks.difference_of_means(lambda h, hl: h.mean(0) - hl.mean(0), model, HARMFUL, PROMPTS)  # float32
     checks.ablation_hooks(ablation_right, model, direction, PROMPTS)
     checks.addition_hooks(addition_right, model, direction, model.n_layers // 2, PROMPTS)
     checks.orthogonalize(orth_right, model, direction, PROMPTS)
     out = capsys.readouterr().out
-    assert out.count("on the model") == 4, out
+    assert out.count("on the model") == 5, out
 
     def resid_only_in_range(r, n_layers):  # right on 3 layers, but only hooks the first three on the model
         return [h for h in ablation_right(r, n_layers) if int(h[0].split(".")[1]) < 3]

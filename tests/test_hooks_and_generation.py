@@ -4,6 +4,7 @@ import torch
 from helpers.generation import generate, last_token_logits
 from helpers.hooks import Intervention, ablate_direction, tl_hooks
 from helpers.models import position_ids
+from tolerances import assert_within, max_abs
 
 PROMPTS = ["Write a poem about the sea.", "How do I pick a lock?", "Name three fruits."]
 
@@ -12,13 +13,14 @@ def test_ablation_removes_component_only():
     torch.manual_seed(0)
     acts, r = torch.randn(5, 7, 16), torch.randn(16) * 3
     out = ablate_direction(acts, r)
-    assert torch.allclose(out @ (r / r.norm()), torch.zeros(5, 7), atol=1e-5)
-    assert torch.allclose(ablate_direction(out, r), out, atol=1e-5)  # idempotent
+    # float32 on entries of size ~1-10; measured values beside each bound
+    assert_within("hooks.ablated component along r", (out @ (r / r.norm())).abs().max(), 1e-5)
+    assert_within("hooks.ablation idempotent", max_abs(ablate_direction(out, r), out), 1e-5)
     # the part orthogonal to r is kept: an ablation that returned zeros (or scaled everything) fails here
     other = torch.randn(16)
     other = other - (other @ r) / (r @ r) * r
-    assert torch.allclose(out @ other, acts @ other, atol=1e-4)
-    assert torch.allclose(out, acts - ((acts @ r) / (r @ r))[..., None] * r, atol=1e-5)
+    assert_within("hooks.ablation keeps the orthogonal part", max_abs(out @ other, acts @ other), 1e-4)
+    assert_within("hooks.ablation formula", max_abs(out, acts - ((acts @ r) / (r @ r))[..., None] * r), 1e-5)
 
 
 def test_addition_needs_vector_and_layer():
@@ -52,8 +54,10 @@ def test_interventions_match_plain_hugging_face(model, plain_hf, plain_last_logi
         with torch.no_grad():
             reference = orthogonalized_copy(plain_hf, r)(**enc, position_ids=position_ids(enc["attention_mask"])).logits[:, -1]
     assert (hooked - clean).abs().max() > 0.1, "the intervention must change something"
-    assert torch.allclose(hooked, reference, atol=2e-3), (hooked - reference).abs().max()
-    assert torch.allclose(clean, plain_last_logits(enc), atol=1e-3), "no intervention: the plain model"
+    # last-position logits (|logit| up to ~30), float32 through 24 layers in two summation orders: absolute
+    # differences. A wrong layer, sign or position moves them by far more than 0.1 (asserted above).
+    assert_within(f"hooks.{kind} hooked vs plain HF logits", max_abs(hooked, reference), 1e-2)
+    assert_within("hooks.no intervention vs plain HF logits", max_abs(clean, plain_last_logits(enc)), 1e-2)
 
 
 @pytest.mark.slow
@@ -96,11 +100,14 @@ def test_starting_at_a_layer_matches_a_full_pass(model):
     torch.manual_seed(5)
     r = torch.randn(model.d_model) * 5
     batches = cache_prompt_batches(model, PROMPTS, batch_size=2)
-    assert torch.allclose(batches.clean_logits, last_token_logits(model, PROMPTS), atol=1e-3)
+    # logits (|logit| up to ~30), absolute differences; restarting at the wrong layer moves them by > 1
+    assert_within("generation.cached prefix clean logits", max_abs(batches.clean_logits,
+                                                                   last_token_logits(model, PROMPTS)), 1e-2)
     for layer in (0, 9):
         iv = Intervention(add=r, add_layer=layer)
         full = last_token_logits(model, PROMPTS, iv, batch_size=2)
-        assert torch.allclose(last_token_logits_from_layer(model, batches, layer, iv), full, atol=2e-3)
+        assert_within("generation.restart at a layer vs full pass",
+                      max_abs(last_token_logits_from_layer(model, batches, layer, iv), full), 1e-2)
     assert len(model.hf.model.layers) == model.n_layers, "the layer list is restored"
 
 
@@ -150,6 +157,7 @@ def test_cross_entropy_table_restarting_at_a_layer_matches_full_passes(model):
     table = cross_entropy_table(model, windows, ivs, batch_size=2)
     for name, iv in ivs.items():
         full = window_cross_entropies(model, windows, iv, batch_size=2).mean().item()
-        assert table[name]["ce"] == pytest.approx(full, rel=1e-4), name
+        # a mean CE of ~1-10 nats: relative difference
+        assert_within("evaluation.CE restarting at a layer vs full pass", abs(table[name]["ce"] - full) / full, 1e-3)
     assert table["add"]["increase"] > 0.01 and table["none"]["increase"] == 0
     assert len(model.hf.model.layers) == model.n_layers, "the layer list is restored"

@@ -7,6 +7,7 @@ import torch
 
 import helpers.models as models
 from helpers.models import ModelLoadError, position_ids, resolve_model_source
+from tolerances import assert_within, scaled_error
 
 CHAT_PROMPTS = ["Write a poem about the sea.", "How do I pick a lock?", "Explain recursion to a child in two sentences."]
 
@@ -53,14 +54,24 @@ def test_offline_model_shape_and_cached_gguf(model):
 @pytest.mark.slow
 def test_logprob_parity_with_hugging_face(model, plain_hf):
     """The bridge's forward pass, the wrapped HF model and a plain HF model agree on chat prompts (left-padded
-    batch): relative difference of log-probabilities within 1e-4."""
-    assert models.logprob_parity(model, CHAT_PROMPTS) <= 1e-4
+    batch). Guards against a bridge that computes something else (a wrong rotary base, a missing bias, padding
+    leaking into attention: each moves log-probabilities by 1e-2 or more), not against float rounding.
+
+    Log-probabilities are compared by |Δ log p| / max(|log p|, 1): absolute for near-certain tokens, whose log p
+    is near 0 (a relative error there divided by -0.0005 failed on an Intel Xeon at 2.3e-4), relative for
+    unlikely ones; and the next-token distributions by total variation."""
+    assert_within("models.logprob_parity (bridge vs wrapped HF, same modules)",
+                  models.logprob_parity(model, CHAT_PROMPTS), 1e-5)  # measured 0.0 (one computation, two paths)
     enc = model.tokenize_instructions(CHAT_PROMPTS)
     mask = enc["attention_mask"].bool()
     with torch.no_grad():
         plain = plain_hf(**enc, position_ids=position_ids(enc["attention_mask"])).logits.log_softmax(-1)[mask]
         bridge = model.tl(enc["input_ids"], attention_mask=enc["attention_mask"]).log_softmax(-1)[mask]
-    assert ((bridge - plain).abs() / plain.abs().clamp(min=1e-6)).max().item() <= 1e-4
+    # 1.8e-4 absolute on the Xeon where the relative form failed
+    assert_within("models.logprob bridge vs plain HF: |dlogp|/max(|logp|,1)", scaled_error(bridge, plain), 2e-3)
+    tv = 0.5 * (bridge.double().exp() - plain.double().exp()).abs().sum(-1).max().item()
+    # TV <= ~max|Δ log p| / 2, so this bound matches the one above (the Xeon's 1.8e-4 gives at most ~9e-5)
+    assert_within("models.next-token total variation, bridge vs plain HF", tv, 1e-3)
 
 
 @pytest.mark.slow
@@ -72,8 +83,10 @@ def test_hook_resid_pre_is_the_raw_residual_stream(model, plain_hf):
         _, cache = model.tl.run_with_cache(enc["input_ids"], attention_mask=enc["attention_mask"],
                                            names_filter="blocks.13.hook_resid_pre")
     diff = (cache["blocks.13.hook_resid_pre"][mask] - hf_out.hidden_states[13][mask]).abs()
-    scale = hf_out.hidden_states[13][mask].abs().amax(-1, keepdim=True)
-    assert (diff / scale).max().item() <= 1e-4  # float32 noise relative to each token's largest entry
+    scale = hf_out.hidden_states[13][mask].abs().amax(-1, keepdim=True)  # each token's largest entry (>= ~10)
+    # float32 noise relative to each token's largest entry
+    assert_within("models.hook_resid_pre vs HF hidden_states[13], per-token relative", (diff / scale).max().item(),
+                  1e-4)
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 
 from helpers import pretrained
 from helpers.saes import SAEMismatchError, load_sae
+from tolerances import assert_within, max_abs
 
 D_IN, D_SAE, S = 16, 48, 1.5326804001319736
 
@@ -49,10 +50,10 @@ def test_conversion_reconstructs_in_the_models_units_with_unit_decoder_rows(tmp_
     f_ref, x_hat_ref = reference(x)
     with torch.no_grad():
         f = sae.encode(x)
-        assert torch.allclose(sae.decode(f), x_hat_ref, atol=1e-4), "b_dec / s, as Kissane et al.'s code does"
+        assert_within("b_dec / s, as Kissane et al.'s code does", max_abs(sae.decode(f), x_hat_ref), 1e-4)
         norms = sae.W_dec.norm(dim=-1)
-        assert torch.allclose(norms, torch.ones(D_SAE), atol=1e-5), "decoder norms folded into the encoder"
-        assert torch.allclose(f, f_ref * reference_norms(folder), atol=1e-4), "latents scaled by the old row norms"
+        assert_within("decoder norms folded into the encoder", max_abs(norms, torch.ones(D_SAE)), 1e-5)
+        assert_within("latents scaled by the old row norms", max_abs(f, f_ref * reference_norms(folder)), 1e-4)
     assert sae.cfg.metadata.hook_name == "blocks.13.hook_resid_pre" and not sae.cfg.apply_b_dec_to_input
     unscaled = pretrained.convert_legacy_sae(folder, 1.0)
     with torch.no_grad():
@@ -71,7 +72,7 @@ def test_load_sae_converts_an_older_folder_and_checks_hook_and_width(tmp_path):
     sae = load_sae(folder, hook_name="blocks.13.hook_resid_pre", norm_scaling_factor=S)
     x = torch.randn(4, D_IN)
     with torch.no_grad():
-        assert torch.allclose(sae.decode(sae.encode(x)), reference(x)[1], atol=1e-4)
+        assert_within("sae.decode(sae.encode(x))", max_abs(sae.decode(sae.encode(x)), reference(x)[1]), 1e-4)
     with pytest.raises(SAEMismatchError, match="blocks.13.hook_resid_pre"):
         load_sae(folder, hook_name="blocks.12.hook_resid_pre", norm_scaling_factor=S)
     with pytest.raises(pretrained.LegacySAEError, match="pass its norm_scaling_factor"):
@@ -105,4 +106,47 @@ def test_install_saves_a_sae_lens_6_folder_that_notebooks_read(tmp_path, monkeyp
     sae = load_sae(saved, hook_name="blocks.13.hook_resid_pre")
     x = torch.randn(4, D_IN)
     with torch.no_grad():
-        assert torch.allclose(sae.decode(sae.encode(x)), reference(x)[1], atol=1e-4)
+        assert_within("sae.decode(sae.encode(x))", max_abs(sae.decode(sae.encode(x)), reference(x)[1]), 1e-4)
+
+
+def test_conversion_reads_the_training_version_and_refuses_one_its_rule_does_not_fit(tmp_path):
+    """Kissane et al.'s rule (divide b_dec by s) undoes a fold that sae_lens fixed in 4.0.10: a folder trained with
+    4.0.10 or later, converted with a scaling factor, would have b_dec scaled twice."""
+    folder, reference = legacy_folder(tmp_path)
+    cfg = json.loads((folder / "cfg.json").read_text())
+    for later in ("4.0.10", "4.1.0", "5.2.1"):
+        (folder / "cfg.json").write_text(json.dumps({**cfg, "sae_lens_training_version": later}))
+        with pytest.raises(pretrained.LegacySAEError, match=f"sae_lens {later}, which already folds"):
+            pretrained.convert_legacy_sae(folder, S)
+    for earlier in ("3.5.0", "4.0.9"):
+        (folder / "cfg.json").write_text(json.dumps({**cfg, "sae_lens_training_version": earlier}))
+        sae = pretrained.convert_legacy_sae(folder, S)
+        x = torch.randn(4, D_IN)
+        with torch.no_grad():
+            assert_within("converted at an earlier version", max_abs(sae.decode(sae.encode(x)), reference(x)[1]), 1e-4)
+
+
+def test_converted_and_trained_saes_name_the_model_alike_so_the_grid_has_two_rows(tmp_path):
+    """The paper preset's dataset x model grid over Kissane et al.'s converted SAEs (cfg.json spells the model
+    TransformerLens' way) beside SAEs notebook 02 trained (hub names): one row per model, not one per spelling."""
+    from types import SimpleNamespace
+
+    from helpers.decomposition import model_by_data
+
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    for name, tl_name in (("chat", "qwen1.5-0.5b-chat"), ("base_chat", "qwen1.5-0.5b")):
+        (tmp_path / name).mkdir()
+        folder, _ = legacy_folder(tmp_path / name)
+        cfg = json.loads((folder / "cfg.json").read_text())
+        (folder / "cfg.json").write_text(json.dumps({**cfg, "model_name": tl_name}))
+        folder.rename(downloads / name)
+        pretrained.install(name, tmp_path / "runs", downloads)
+    saes = {n: load_sae(tmp_path / "runs" / "saes" / n) for n in ("chat", "base_chat")}
+    assert saes["chat"].cfg.metadata.model_name == "Qwen/Qwen1.5-0.5B-Chat"
+    trained = {"webtext_chat": "Qwen/Qwen1.5-0.5B-Chat", "base_webtext_chat": "Qwen/Qwen1.5-0.5B"}
+    for n, model in trained.items():
+        saes[n] = SimpleNamespace(cfg=SimpleNamespace(metadata=SimpleNamespace(model_name=model)))
+    grid = model_by_data(saes, {"chat": 0.849, "base_chat": 0.735, "webtext_chat": 0.596, "base_webtext_chat": 0.5})
+    assert grid == {"qwen1.5-0.5b-chat": {"chat": 0.849, "webtext_chat": 0.596},
+                    "qwen1.5-0.5b": {"chat": 0.735, "webtext_chat": 0.5}}

@@ -1,5 +1,8 @@
 """Arditi et al.'s headline on the public splits (`helpers.public_splits`): which prompts, which conditions."""
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -60,10 +63,76 @@ def test_kissane_split_is_sklearns_train_test_split():
     assert train[:8] == ['x434', 'x436', 'x208', 'x332', 'x220', 'x502', 'x324', 'x184'] and len(train) == 416
 
 
-def test_kissane_prompts_from_a_folder_or_none(instruction_dir, tmp_path):
-    from helpers.public_splits import kissane_prompts
+def test_arditi_mix_prompts_from_a_folder_or_none(instruction_dir, tmp_path):
+    from helpers.public_splits import arditi_mix_prompts
 
-    assert kissane_prompts(tmp_path / "absent") is None
-    got = kissane_prompts(instruction_dir, n=3)
+    assert arditi_mix_prompts(tmp_path / "absent") is None
+    got = arditi_mix_prompts(instruction_dir, n=3)
     assert set(got) == {"harmful", "harmless"} and all(len(v) == 3 for v in got.values())
     assert len(set(got["harmful"]) & set(got["harmless"])) == 0
+
+
+SPLIT_INDICES = json.loads((Path(__file__).parent / "fixtures" / "kissane_split_indices.json").read_text())
+
+
+def _write_lists(folder: Path, n_advbench: int = 520, n_alpaca: int = 31_323) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for file, prefix, n in (("advbench.json", "behaviour", n_advbench), ("alpaca.json", "alpaca", n_alpaca)):
+        (folder / file).write_text(json.dumps([{"instruction": f"{prefix} {i}", "category": None} for i in range(n)]))
+
+
+def test_kissane_prompts_are_sklearns_split_of_the_whole_lists(tmp_path, monkeypatch):
+    """Fixture twin of the test on the real lists: numbered stand-ins for AdvBench's 520 and Alpaca's 31,323, whose
+    expected train prefixes come from sklearn's train_test_split (tests/fixtures/kissane_split_indices.json)."""
+    from helpers.instructions import InstructionDataError
+    from helpers.public_splits import kissane_prompts
+
+    _write_lists(tmp_path / "processed")
+    got = kissane_prompts(tmp_path / "processed", n=64)
+    assert got["harmful"] == [f"behaviour {i}" for i in SPLIT_INDICES["advbench"]["train_first_64"]]
+    assert got["harmless"] == [f"alpaca {i}" for i in SPLIT_INDICES["alpaca"]["train_first_64"]]
+    assert kissane_prompts(tmp_path / "processed", n=5)["harmless"] == got["harmless"][:5]
+    # the default folder: processed/ beside the public splits (andyrdt/refusal_direction's dataset/ layout)
+    monkeypatch.delenv("REFUSAL_PROCESSED_INSTRUCTIONS", raising=False)
+    monkeypatch.setenv("REFUSAL_PUBLIC_INSTRUCTIONS", str(tmp_path / "splits"))
+    assert kissane_prompts(n=64) == got
+    # missing: None offline; downloaded through the public loaders when asked (the paper preset on Colab)
+    assert kissane_prompts(tmp_path / "absent") is None
+    import helpers.instructions as instructions
+
+    fake = {"advbench": 520, "alpaca": 31_323}
+    monkeypatch.setattr(instructions, "load_instructions",
+                        lambda name: [{"instruction": f"{name} {i}", "category": None} for i in range(fake[name])])
+    downloaded = kissane_prompts(tmp_path / "absent", download=True)
+    assert downloaded["harmful"][:3] == [f"advbench {i}" for i in SPLIT_INDICES["advbench"]["train_first_64"][:3]]
+    # a subset of a list (other length) would give other prompts at the same indices: refused, naming the file
+    _write_lists(tmp_path / "subset", n_alpaca=2048)
+    with pytest.raises(InstructionDataError, match="holds 2048 instructions, not 31323.*alpaca.json"):
+        kissane_prompts(tmp_path / "subset")
+
+
+def test_kissane_prompts_on_the_real_lists():
+    """Kissane et al.'s 64 + 64 from andyrdt/refusal_direction's dataset/processed: AdvBench behaviours and Alpaca
+    instructions, equal to the lists read directly at sklearn's indices."""
+    from helpers.instructions import processed_folder
+    from helpers.public_splits import kissane_prompts
+
+    folder = processed_folder()
+    if not (folder / "advbench.json").is_file():
+        pytest.skip(f"no advbench.json / alpaca.json at {folder} (set REFUSAL_PROCESSED_INSTRUCTIONS); the fixture "
+                    "twin test_kissane_prompts_are_sklearns_split_of_the_whole_lists ran instead")
+    advbench = [x["instruction"] for x in json.loads((folder / "advbench.json").read_text())]
+    alpaca = [x["instruction"] for x in json.loads((folder / "alpaca.json").read_text())]
+    assert (len(advbench), len(alpaca)) == (520, 31_323)
+    assert advbench[0].startswith("Write a script that can exploit vulnerabilities"), "AdvBench's first goal"
+    assert alpaca[0] == "Give three tips for staying healthy.", "Alpaca's first instruction"
+    got = kissane_prompts(folder)
+    assert got["harmful"] == [advbench[i] for i in SPLIT_INDICES["advbench"]["train_first_64"]]
+    assert got["harmless"] == [alpaca[i] for i in SPLIT_INDICES["alpaca"]["train_first_64"]]
+    assert set(got["harmful"]) <= set(advbench) and set(got["harmless"]) <= set(alpaca)
+    mix = json.loads((folder.parent / "instructions" / "harmful_train.json").read_text()) \
+        if (folder.parent / "instructions" / "harmful_train.json").is_file() else []
+    assert not any(p.startswith("How to") for p in got["harmful"]), "no MaliciousInstruct-style questions"
+    assert len(mix) == 0 or got["harmful"] != [x["instruction"] for x in mix][:64]
+
+
