@@ -173,10 +173,15 @@ def split_half_cosine(harmful: Tensor, harmless: Tensor, n_splits: int = 20, see
     return {"mean": v.mean().item(), "sd": v.std().item(), "n_splits": n_splits}
 
 
-def protocol_summary(saes: dict, harmful: Tensor, harmless: Tensor, n_resamples: int = 1000, seed: int = 0) -> dict:
+def protocol_summary(saes: dict, harmful: Tensor, harmless: Tensor, n_resamples: int = 1000, seed: int = 0,
+                     ks: list[int] | None = None, harmless_texts: list[str] | None = None,
+                     pair: tuple[str, str] | None = None) -> dict:
     """Kissane et al.'s decomposition of one prompt set under one template, for every SAE: ‖r‖, the split-half
     cosine of r, the bootstrap faithfulness (cosine and relative MSE of r̂ with intervals, paired differences) and
-    the max decoder cosine with r. `harmful`/`harmless`: `[n, d_model]` activations at the SAE's hook."""
+    the max decoder cosine with r. `harmful`/`harmless`: `[n, d_model]` activations at the SAE's hook.
+    With `ks`, also the sparsity curves (both rankings, least squares and their Adam fit: `sparsity_curve`) and
+    the smallest k for relative MSE ≤ 0.5 under each; with `harmless_texts` and `pair`, the style control
+    (`style_control`)."""
     recon = {name: (reconstruct(sae, harmful), reconstruct(sae, harmless)) for name, sae in saes.items()}
     r = harmful.double().mean(0) - harmless.double().mean(0)
     out = {"n_harmful": len(harmful), "n_harmless": len(harmless), "r_norm": r.norm().item(),
@@ -186,23 +191,41 @@ def protocol_summary(saes: dict, harmful: Tensor, harmless: Tensor, n_resamples:
     for name, sae in saes.items():
         cos = unit_decoder(sae).double() @ (r / r.norm())
         out["max_decoder_cosine"][name] = {"latent": int(cos.argmax()), "cosine": cos.max().item()}
+    if ks:
+        out["sparsity"] = {name: sparsity_curve(sae, r, delta_activation(encode(sae, harmful), encode(sae, harmless)),
+                                                [k for k in ks if k <= sae.cfg.d_sae])
+                           for name, sae in saes.items()}
+        out["smallest_k"] = {name: {f"k for rel. MSE ≤ 0.5 ({how})": smallest_k(c["k"], c[key], 0.5)
+                                    for how, key in SPARSITY_RANKINGS.items()} for name, c in out["sparsity"].items()}
+    if harmless_texts is not None and pair is not None and all(n in saes for n in pair):
+        out["style_control"] = style_control(harmful, harmless, harmless_texts, recon, pair, n_resamples, seed)
     return out
+
+
+# how each sparsity column ranks and fits (keys of `sparsity_curve`'s result)
+SPARSITY_RANKINGS = {"top Δ, least squares": "top_delta", "Kissane et al.'s |Δf|·‖d‖, least squares": "kissane_lstsq",
+                     "Kissane et al.'s |Δf|·‖d‖, Adam": "kissane_adam", "matching pursuit": "omp"}
 
 
 def protocol_grid(model: LoadedModel, saes: dict, prompt_sets: dict[str, dict[str, list[str]]],
                   templates: dict[str, str | None], hook_name: str, position: int = -1, n_resamples: int = 1000,
-                  seed: int = 0) -> dict[str, dict]:
+                  seed: int = 0, full_sets: tuple[str, ...] = (), ks: list[int] | None = None,
+                  pair: tuple[str, str] | None = None) -> dict[str, dict]:
     """`protocol_summary` for every prompt set (`{"harmful": [...], "harmless": [...]}`) under every chat template
-    (`{name: system_prompt}`: None = no system turn, "default" = the tokenizer's), keyed "<set> · <template>"."""
+    (`{name: system_prompt}`: None = no system turn, "default" = the tokenizer's), keyed "<set> · <template>". The
+    sets in `full_sets` also get the sparsity curves at `ks` and the style control for `pair`."""
     from dataclasses import replace
 
     out = {}
     for set_name, prompts in prompt_sets.items():
+        full = set_name in full_sets
         for t_name, system_prompt in templates.items():
             view = replace(model, system_prompt=system_prompt)  # the same weights, another chat template
             acts = {side: prompt_activations(view, prompts[side], hook_name, f"{set_name}, {t_name}: {side}").at(position)
                     for side in ("harmful", "harmless")}
-            out[f"{set_name} · {t_name}"] = protocol_summary(saes, acts["harmful"], acts["harmless"], n_resamples, seed)
+            out[f"{set_name} · {t_name}"] = protocol_summary(
+                saes, acts["harmful"], acts["harmless"], n_resamples, seed, ks=ks if full else None,
+                harmless_texts=prompts["harmless"] if full else None, pair=pair if full else None)
     return out
 
 
@@ -212,19 +235,22 @@ def group_difference(x: Tensor, group: Tensor) -> Tensor:
     return x[group].double().mean(0) - x[~group].double().mean(0)
 
 
-def structured_control(harmful: Tensor, harmless: Tensor, recon: dict[str, tuple[Tensor, Tensor]],
-                       harmful_group: Tensor, harmless_group: Tensor, pair: tuple[str, str],
-                       n_resamples: int = 1000, seed: int = 0) -> dict:
-    """Is an SAE's edge on r about refusal, or about directions of that kind in general? The control directions are
-    differences of means between two groups of categories within one side (harmless A − harmless B, harmful A −
-    harmful B): the same kind of direction as r, with no refusal in it. For `pair = (a, b)` (say chat, webtext):
-    edge(d) = cos(r̂_a, d) − cos(r̂_b, d) reconstructing direction d; the quantity of interest is
-    edge(r) − edge(control), with a paired percentile-bootstrap interval (prompts resampled within each side, the
-    category groups following their prompts). Also each SAE's cosine on each direction."""
+def edge_control(harmful: Tensor, harmless: Tensor, recon: dict[str, tuple[Tensor, Tensor]],
+                 controls: dict[str, tuple[str, Tensor]], pair: tuple[str, str], n_resamples: int = 1000,
+                 seed: int = 0) -> dict:
+    """Is an SAE's edge on r about refusal, or about directions of that kind in general? Each control direction is
+    the difference of means between two groups of prompts within one side (`controls`: name -> (side, boolean
+    group mask over that side's prompts)): the same kind of direction as r, with no refusal in it. For
+    `pair = (a, b)` (say chat, webtext): edge(d) = cos(r̂_a, d) − cos(r̂_b, d) reconstructing direction d; the
+    quantity of interest is edge(r) − edge(control), with a paired percentile-bootstrap interval (prompts resampled
+    within each side, the groups following their prompts). Also each SAE's cosine on each direction."""
     a, b = pair
+
+    def control(side: str, mask: Tensor):
+        return lambda h, hl, i, j: group_difference(h[i], mask[i]) if side == "harmful" else group_difference(hl[j], mask[j])
+
     dirs = {"r": lambda h, hl, i, j: (h[i].double().mean(0) - hl[j].double().mean(0)),
-            "harmless categories": lambda h, hl, i, j: group_difference(hl[j], harmless_group[j]),
-            "harmful categories": lambda h, hl, i, j: group_difference(h[i], harmful_group[i])}
+            **{name: control(side, mask) for name, (side, mask) in controls.items()}}
 
     def cosines(i, j):
         out = {}
@@ -233,6 +259,10 @@ def structured_control(harmful: Tensor, harmless: Tensor, recon: dict[str, tuple
             out[d] = {n: cosine(f(recon[n][0], recon[n][1], i, j), true) for n in recon}
         return out
 
+    def degenerate(i, j) -> bool:  # a resample with an empty group has no control direction
+        return any(m[i if side == "harmful" else j].all() or not m[i if side == "harmful" else j].any()
+                   for side, m in controls.values())
+
     every = torch.arange(len(harmful)), torch.arange(len(harmless))
     point = cosines(*every)
     g = torch.Generator().manual_seed(seed)
@@ -240,8 +270,8 @@ def structured_control(harmful: Tensor, harmless: Tensor, recon: dict[str, tuple
     for _ in range(n_resamples):
         i = torch.randint(len(harmful), (len(harmful),), generator=g)
         j = torch.randint(len(harmless), (len(harmless),), generator=g)
-        if harmful_group[i].all() or not harmful_group[i].any() or harmless_group[j].all() or not harmless_group[j].any():
-            continue  # a resample with an empty group has no control direction
+        if degenerate(i, j):
+            continue
         c = cosines(i, j)
         edge_r = c["r"][a] - c["r"][b]
         for d in dirs:
@@ -259,11 +289,41 @@ def structured_control(harmful: Tensor, harmless: Tensor, recon: dict[str, tuple
     return out
 
 
+def structured_control(harmful: Tensor, harmless: Tensor, recon: dict[str, tuple[Tensor, Tensor]],
+                       harmful_group: Tensor, harmless_group: Tensor, pair: tuple[str, str],
+                       n_resamples: int = 1000, seed: int = 0) -> dict:
+    """`edge_control` with category controls: two groups of categories within each side (harmless A − harmless B,
+    harmful A − harmful B)."""
+    return edge_control(harmful, harmless, recon, {"harmless categories": ("harmless", harmless_group),
+                                                   "harmful categories": ("harmful", harmful_group)},
+                        pair, n_resamples, seed)
+
+
+def style_control(harmful: Tensor, harmless: Tensor, harmless_texts: list[str], recon: dict[str, tuple[Tensor, Tensor]],
+                  pair: tuple[str, str], n_resamples: int = 1000, seed: int = 0, min_group: int = 4) -> dict | None:
+    """A control that fits Kissane et al.'s protocol, whose harmful side (AdvBench) has no categories: a style
+    direction inside the harmless side, questions ("…?") minus imperatives, through `edge_control`, with its norm
+    and split-half cosine beside r's so that its noise share is comparable. None when a group has fewer than
+    `min_group` prompts."""
+    question = torch.tensor([t.rstrip().endswith("?") for t in harmless_texts])
+    if min(int(question.sum()), int((~question).sum())) < min_group:
+        return None
+    out = edge_control(harmful, harmless, recon, {"harmless style (question − imperative)": ("harmless", question)},
+                       pair, n_resamples, seed)
+    style = group_difference(harmless, question)
+    r = harmful.double().mean(0) - harmless.double().mean(0)
+    out["norms"] = {"r": r.norm().item(), "style": style.norm().item()}
+    out["split_half_cosine"] = {"r": split_half_cosine(harmful, harmless, seed=seed),
+                                "style": split_half_cosine(harmless[question], harmless[~question], seed=seed)}
+    out["n_question"], out["n_imperative"] = int(question.sum()), int((~question).sum())
+    return out
+
+
 def control_verdict(control: dict) -> str:
     """One sentence on what the structured control's intervals support."""
     a, b = control["pair"]
     parts = []
-    for d in ("harmless categories", "harmful categories"):
+    for d in (d for d in control["directions"] if d != "r"):
         lo, hi = control["directions"][d]["edge_r_minus_edge"]["ci95"]
         if lo > 0:
             parts.append(f"larger on r than on the {d} control (difference of edges [{lo:+.3f}, {hi:+.3f}])")

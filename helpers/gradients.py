@@ -93,17 +93,41 @@ def refusal_gradient(model: LoadedModel, instruction: str, source_layer: int, ta
                            source_layer=source_layer, target_layer=target_layer)
 
 
-def latent_scores(sae, g: RefusalGradient, rule: str = "mean", r_source: Tensor | None = None) -> Tensor:
+def instruction_positions(model: LoadedModel, instruction: str) -> Tensor:
+    """Indices of the tokens that spell `instruction` itself in its chat-formatted prompt (as `refusal_gradient`
+    tokenizes it): not the system turn, not the template's tokens, which every prompt shares."""
+    text = model.format_chat(instruction)
+    start = text.rfind(instruction)
+    if start < 0:
+        raise ValueError(f"the chat template does not contain the instruction verbatim: {instruction!r}")
+    enc = model.tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)
+    ids = model.tokenize_instructions([instruction])["input_ids"][0].tolist()
+    if enc["input_ids"] != ids:
+        raise ValueError("the tokenizer's offsets do not describe the prompt refusal_gradient uses "
+                         "(special tokens added?); instruction positions cannot be located.")
+    end = start + len(instruction)
+    pos = [i for i, (a, b) in enumerate(enc["offset_mapping"]) if a < end and b > start]
+    return torch.tensor(pos, dtype=torch.long)
+
+
+def latent_scores(sae, g: RefusalGradient, rule: str = "mean", r_source: Tensor | None = None,
+                  positions: Tensor | None = None) -> Tensor:
     """Each latent's score `[d_sae]` under `rule` (see the module docstring). With `r_source` given, its
-    direction is removed from the gradient first (the r-orthogonal reading)."""
+    direction is removed from the gradient first (the r-orthogonal reading). With `positions` (e.g.
+    `instruction_positions`), only those prompt positions count (`last` still reads the last token)."""
     if rule not in RULES:
         raise ValueError(f"rule must be one of {RULES}, got {rule!r}.")
     grad = g.grad.double().cpu()  # scores are computed on the CPU, where unit_decoder puts the decoder
+    acts = g.source_acts
+    if positions is not None and rule != "last":
+        if len(positions) == 0:
+            raise ValueError("positions is empty: no prompt position to score.")
+        grad, acts = grad[positions], acts[positions]
     if r_source is not None:
         r_hat = (r_source / r_source.norm()).double().cpu()
         grad = grad - (grad @ r_hat)[:, None] * r_hat
     if rule == "attribution":
-        f = sae.encode(on_sae(sae, g.source_acts)).detach().double().cpu()  # [T, d_sae]
+        f = sae.encode(on_sae(sae, acts)).detach().double().cpu()  # [T, d_sae]
         return (f * (grad @ sae.W_dec.detach().double().cpu().T)).sum(0)
     dec = unit_decoder(sae).double()  # [d_sae, d]
     if rule == "last":
@@ -128,6 +152,55 @@ def top_latents(scores: Tensor, k: int = 10) -> dict[str, list[tuple[int, float]
 def overlap_at_k(a: Tensor, b: Tensor, k: int = 10) -> float:
     """Share of the top-k latents (by score) that two score vectors have in common."""
     return len(set(a.topk(k).indices.tolist()) & set(b.topk(k).indices.tolist())) / k
+
+
+def specificity(top_sets: dict[str, list[set[int]]], k: int, n_resamples: int = 1000, seed: int = 0) -> dict:
+    """Are the top-k latents specific to a request? `top_sets`: request -> the top-k latent set of each of its
+    wordings (paraphrases). `within`: mean top-k overlap between two wordings of the same request; `between`:
+    between wordings of different requests; `difference` = within − between, each request weighted once. A
+    prompt-specific reading keeps a request's latents when the wording changes (within high) and gives other
+    requests other latents (between low); a reading dominated by latents every prompt shares has both high.
+    Intervals: 95% percentile bootstrap over requests (each resample recomputes both means on its requests)."""
+    import itertools
+
+    import numpy as np
+
+    names = [n for n, sets in top_sets.items() if len(sets) >= 2]
+    if len(names) < 2:
+        raise ValueError("specificity needs at least two requests with at least two wordings each.")
+
+    def overlap(a: set[int], b: set[int]) -> float:
+        return len(a & b) / k
+
+    within = np.array([np.mean([overlap(a, b) for a, b in itertools.combinations(top_sets[n], 2)]) for n in names])
+    pair = np.array([[np.mean([overlap(a, b) for a in top_sets[m] for b in top_sets[n]]) if m != n else np.nan
+                      for n in names] for m in names])
+
+    def stats(idx: np.ndarray) -> tuple[float, float]:
+        sub = pair[np.ix_(idx, idx)]
+        off = ~np.eye(len(idx), dtype=bool) & (idx[:, None] != idx[None, :])  # resampled duplicates are one request
+        return float(within[idx].mean()), float(np.nanmean(sub[off])) if off.any() else float("nan")
+
+    w, b = stats(np.arange(len(names)))
+    rng = np.random.default_rng(seed)
+    boots = np.array([stats(rng.integers(0, len(names), len(names))) for _ in range(n_resamples)])
+    boots = boots[~np.isnan(boots).any(1)]
+    diffs = boots[:, 0] - boots[:, 1]
+
+    def ci(x: np.ndarray) -> list[float]:
+        return [float(np.percentile(x, 2.5)), float(np.percentile(x, 97.5))]
+
+    return {"k": k, "n_requests": len(names), "n_wordings": sum(len(top_sets[n]) for n in names),
+            "within": {"estimate": w, "ci95": ci(boots[:, 0])}, "between": {"estimate": b, "ci95": ci(boots[:, 1])},
+            "difference": {"estimate": w - b, "ci95": ci(diffs)},
+            "per_request_within": dict(zip(names, within.tolist()))}
+
+
+def specificity_verdict(spec: dict) -> bool:
+    """The post's reading holds when a request's top-k latents survive rewording better than they are shared
+    with other requests (the difference's interval above 0) and most of them are its own (between below half
+    of within)."""
+    return spec["difference"]["ci95"][0] > 0 and spec["between"]["estimate"] < spec["within"]["estimate"] / 2
 
 
 def spearman(a: Tensor, b: Tensor) -> float:

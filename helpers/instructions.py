@@ -233,6 +233,15 @@ def case_studies() -> list[str]:
     return instructions_only(read_instruction_file(DATA_DIR / "case_studies.json"))
 
 
+def paraphrases() -> dict[str, list[str]]:
+    """Requests worded several ways (`data/instructions/paraphrases.json`): `{"<kind>/<request>": [wordings]}`, kinds
+    `lee` (Lee, Breck & Arditi's case prompts), `harmful` (refused) and `harmless` (over-refusal bait)."""
+    out: dict[str, list[str]] = {}
+    for item in read_instruction_file(DATA_DIR / "paraphrases.json"):
+        out.setdefault(item["category"], []).append(item["instruction"])
+    return out
+
+
 def instructions_only(items: list[dict]) -> list[str]:
     """Just the instruction strings."""
     return [it["instruction"] for it in items]

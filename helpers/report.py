@@ -125,6 +125,7 @@ def claims(run_dir: Path) -> list[dict]:
                  "paper's number": "0.678 vs 0.411", "this run": f"{pm['chat']['cosine']:.3f} vs {pm[web]['cosine']:.3f}",
                  "held": pm["chat"]["cosine"] > pm[web]["cosine"]},
             ]
+            rows += _protocol_extra_rows(proto, web, run_dir)
         rows += [
             {"paper": "Kissane et al. 2024", "claim": f"the chat SAE reconstructs r more faithfully than the {web} SAE (cosine; our sets, preset template)",
              "paper's number": "0.849 vs 0.596", "this run": f"{_ci(f['saes']['chat']['cosine'])} vs "
@@ -133,12 +134,16 @@ def claims(run_dir: Path) -> list[dict]:
             {"paper": "Kissane et al. 2024", "claim": "the chat SAE's best latent is closer to r (max decoder cosine; our sets, preset template)",
              "paper's number": "0.678 vs 0.411", "this run": f"{mc['chat']['cosine']:.3f} vs {mc[web]['cosine']:.3f}",
              "held": mc["chat"]["cosine"] > mc[web]["cosine"]},
-            {"paper": "Kissane et al. 2024", "claim": "the chat SAE reconstructs r more sparsely (k for relative MSE ≤ 0.5)",
+            {"paper": "Kissane et al. 2024", "claim": "the chat SAE reconstructs r more sparsely (k for relative MSE ≤ 0.5, top-Δ latents by least "
+                      "squares; our sets, preset template)",
              "paper's number": "fewer latents for chat",
              "this run": f"{_k_text(k['chat'].get('k for rel. MSE ≤ 0.5 (top Δ)'))} vs "
                          f"{_k_text(k[web].get('k for rel. MSE ≤ 0.5 (top Δ)'))}",
              "held": _fewer(k["chat"].get("k for rel. MSE ≤ 0.5 (top Δ)"), k[web].get("k for rel. MSE ≤ 0.5 (top Δ)"))},
         ]
+        if dc.get("structured_control"):
+            rows.append(_control_row(dc["structured_control"], "our sets, preset template; harmless-category and "
+                                                                "harmful-category differences"))
     else:
         rows.append({"paper": "Kissane et al. 2024", "claim": "SAEs are dataset dependent", "paper's number": "—",
                      "this run": "not run", "held": None})
@@ -190,10 +195,94 @@ def claims(run_dir: Path) -> list[dict]:
                                      f"(random {rnd['mean']:+.2f} ± {rnd['se']:.2f}; n={pos['n']})",
                          "held": pos["mean"] - 2 * pos["se"] > rnd["mean"] + 2 * rnd["se"]
                          and neg["mean"] + 2 * neg["se"] < rnd["mean"] - 2 * rnd["se"]})
+        rows += _specificity_rows(rg)
     else:
         rows.append({"paper": "Lee, Breck & Arditi 2025", "claim": "refusal gradients name prompt-specific upstream features",
                      "paper's number": "—", "this run": "not run", "held": None})
     _tag(rows, "06")
+    return rows
+
+
+def _control_row(control: dict, label: str) -> dict:
+    """Is the chat SAE's edge about refusal? Held when its edge on r exceeds its edge on every control (each
+    interval of edge(r) − edge(control) above 0), not when one is below 0, undecided (None) otherwise."""
+    a, b = control["pair"]
+    parts, los, his = [], [], []
+    for d, v in control["directions"].items():
+        if d == "r":
+            continue
+        lo, hi = v["edge_r_minus_edge"]["ci95"]
+        los.append(lo)
+        his.append(hi)
+        parts.append(f"{d}: {v['edge_r_minus_edge']['estimate']:+.3f} [{lo:+.3f}, {hi:+.3f}]")
+    held = True if min(los) > 0 else False if min(his) < 0 else None
+    return {"paper": "Kissane et al. 2024",
+            "claim": f"the {a} SAE's edge over the {b} SAE is about refusal (edge on r minus edge on a direction of r's "
+                     f"kind without refusal; {label})",
+            "paper's number": "—", "this run": "; ".join(parts) + ("" if held is not None else ": undecided"),
+            "held": held}
+
+
+def _protocol_extra_rows(proto: dict, web: str, run_dir: Path) -> list[dict]:
+    """Their prompts' sparsity (both rankings), their control and the seed spread, each a row."""
+    rows = []
+    k = proto.get("smallest_k")
+    if k:
+        ours, theirs = "k for rel. MSE ≤ 0.5 (top Δ, least squares)", "k for rel. MSE ≤ 0.5 (Kissane et al.'s |Δf|·‖d‖, Adam)"
+        rows.append({"paper": "Kissane et al. 2024",
+                     "claim": "the chat SAE reconstructs r more sparsely (k for relative MSE ≤ 0.5, top-Δ latents by "
+                              "least squares; their prompts, no system turn)",
+                     "paper's number": "fewer latents for chat",
+                     "this run": f"{_k_text(k['chat'][ours])} vs {_k_text(k[web][ours])}; their ranking and Adam fit "
+                                 f"{_k_text(k['chat'][theirs])} vs {_k_text(k[web][theirs])}",
+                     "held": _fewer(k["chat"][ours], k[web][ours])})
+    if proto.get("style_control"):
+        rows.append(_control_row(proto["style_control"], "their prompts, no system turn; the harmless side's "
+                                                         "question − imperative style direction"))
+    seeds = _load(run_dir, ".", "seed_variance.json")
+    if seeds:
+        key = next((k for k in seeds["summary"] if k.endswith(f" · {web}") and "no system turn" in k
+                    and k.startswith("AdvBench")), None)
+        if key:
+            import statistics
+
+            chat, other = seeds["summary"][key.removesuffix(f" · {web}") + " · chat"], seeds["summary"][key]
+
+            def ms(v: list[float]) -> str:
+                return f"{statistics.mean(v):.3f} ± {statistics.stdev(v):.3f}"
+
+            rows.append({"paper": "Kissane et al. 2024",
+                         "claim": f"the chat SAE reconstructs r more faithfully, over SAE training seeds (their "
+                                  f"prompts, no system turn; mean ± sd over {len(chat['seeds'])} seeds)",
+                         "paper's number": "0.849 vs 0.596 (one seed)",
+                         "this run": f"cosine {ms(chat['cosine'])} vs {ms(other['cosine'])}; max decoder cosine "
+                                     f"{ms(chat['max_decoder_cosine'])} vs {ms(other['max_decoder_cosine'])}",
+                         "held": min(chat["cosine"]) > max(other["cosine"])})
+    return rows
+
+
+def _specificity_rows(rg: dict) -> list[dict]:
+    """Lee et al.'s prompt specificity, one row per SAE and template, scored over the instruction's own tokens:
+    top-k overlap between wordings of one request against between requests (`gradients.specificity`)."""
+    from helpers.gradients import specificity_verdict
+
+    rows = []
+    for key, v in rg.get("specificity", {}).items():
+        name, template, where = key.split(" · ")
+        if where != "instruction tokens":
+            continue
+
+        def fmt(x: dict) -> str:
+            return f"{x['estimate']:.2f} [{x['ci95'][0]:.2f}, {x['ci95'][1]:.2f}]"
+
+        rows.append({"paper": "Lee, Breck & Arditi 2025",
+                     "claim": f"the top latents are prompt-specific ({name} SAE; {v['n_requests']} requests × "
+                              f"{v['n_wordings'] // v['n_requests']} wordings, instruction tokens, {template}; "
+                              f"top-{v['k']} overlap within a request vs between requests)",
+                     "paper's number": "a sexual-content latent for \"hugging a person\"",
+                     "this run": f"within {fmt(v['within'])}, between {fmt(v['between'])}, "
+                                 f"difference {fmt(v['difference'])}",
+                     "held": specificity_verdict(v)})
     return rows
 
 

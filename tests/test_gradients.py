@@ -133,3 +133,72 @@ def test_generate_steered_keeps_each_prompt_with_its_vector(model):
     vecs[1] = torch.randn(model.d_model) * 200
     steered = grads.generate_steered(model, prompts, vecs, 5, True, 6)
     assert steered[0] == plain[0] and steered[1] != plain[1]
+
+
+def test_scores_over_chosen_positions_are_the_rules_on_those_rows():
+    g = synthetic_gradient()
+    W = torch.randn(5, 8) * 3
+    sae, unit = LinearSAE(W), W / W.norm(dim=-1, keepdim=True)
+    pos = torch.tensor([1, 2, 4])
+    assert_within("mean over chosen positions", max_abs(grads.latent_scores(sae, g, "mean", positions=pos).float(),
+                                                        (g.grad[pos] @ unit.T).mean(0)), 1e-5)
+    f = torch.relu(g.source_acts[pos] @ W.T)
+    assert_within("attribution over chosen positions",
+                  max_abs(grads.latent_scores(sae, g, "attribution", positions=pos).float(),
+                          (f * (g.grad[pos] @ W.T)).sum(0)), 1e-4)
+    assert torch.equal(grads.latent_scores(sae, g, "last", positions=pos), grads.latent_scores(sae, g, "last"))
+    assert not torch.allclose(grads.latent_scores(sae, g, "mean", positions=pos), grads.latent_scores(sae, g, "mean"))
+    with pytest.raises(ValueError, match="positions is empty"):
+        grads.latent_scores(sae, g, "mean", positions=torch.tensor([], dtype=torch.long))
+
+
+def _sets(per_request: dict[str, list[list[int]]]) -> dict[str, list[set[int]]]:
+    return {n: [set(s) for s in sets] for n, sets in per_request.items()}
+
+
+def test_specificity_tells_specific_from_shared_latents():
+    k = 4
+    specific = _sets({f"r{i}": [[10 * i + j for j in range(4)]] * 3 for i in range(5)})  # own latents, stable
+    out = grads.specificity(specific, k, n_resamples=200)
+    assert (out["within"]["estimate"], out["between"]["estimate"]) == (1.0, 0.0)
+    assert out["difference"]["ci95"] == [1.0, 1.0] and grads.specificity_verdict(out)
+    shared = _sets({f"r{i}": [[1, 2, 3, 4]] * 3 for i in range(5)})  # one generic set for every prompt
+    out = grads.specificity(shared, k, n_resamples=200)
+    assert (out["within"]["estimate"], out["between"]["estimate"]) == (1.0, 1.0) and not grads.specificity_verdict(out)
+    # request-dependent but unstable under rewording: each wording has its own latents
+    unstable = _sets({f"r{i}": [[100 * i + 10 * w + j for j in range(4)] for w in range(3)] for i in range(5)})
+    out = grads.specificity(unstable, k, n_resamples=200)
+    assert out["within"]["estimate"] == 0.0 and not grads.specificity_verdict(out)
+    # mostly shared with one specific latent each: within 1, between 3/4: distinguishable, but most are shared
+    mostly = _sets({f"r{i}": [[1, 2, 3, 50 + i]] * 3 for i in range(5)})
+    out = grads.specificity(mostly, k, n_resamples=200)
+    assert out["between"]["estimate"] == 0.75 and out["difference"]["ci95"][0] > 0
+    assert not grads.specificity_verdict(out), "a quarter of the top-k specific is not prompt-specific"
+
+
+def test_specificity_by_hand():
+    """Two requests, two wordings each, k = 2: within = mean(1/2, 1/2) = 1/2; between = mean over the 4 cross pairs
+    = (0 + 0 + 1/2 + 0) / 4 = 1/8 (the same number from either side)."""
+    sets = _sets({"a": [[1, 2], [1, 3]], "b": [[3, 4], [4, 5]]})
+    out = grads.specificity(sets, 2, n_resamples=50)
+    assert_within("within by hand", abs(out["within"]["estimate"] - 0.5), 1e-12)
+    assert_within("between by hand", abs(out["between"]["estimate"] - 0.125), 1e-12)
+    with pytest.raises(ValueError, match="at least two requests"):
+        grads.specificity({"a": [{1}, {2}], "b": [{3}]}, 1)
+
+
+@pytest.mark.slow
+def test_instruction_positions_spell_the_instruction_with_and_without_a_system_turn(model):
+    from dataclasses import replace
+
+    text = "Develop a strategy for hugging a person"
+    for system_prompt in (None, "You are a helpful assistant."):
+        view = replace(model, system_prompt=system_prompt)
+        pos = grads.instruction_positions(view, text)
+        ids = view.tokenize_instructions([text])["input_ids"][0]
+        assert view.tokenizer.decode(ids[pos]).strip() == text
+        assert pos.tolist() == list(range(pos[0].item(), pos[-1].item() + 1)), "one contiguous span"
+        outside = [i for i in range(len(ids)) if i not in pos.tolist()]
+        assert text.split()[0] not in view.tokenizer.decode(ids[outside]), "no instruction token left outside"
+    with_system = grads.instruction_positions(replace(model, system_prompt="You are a helpful assistant."), text)
+    assert with_system[0] > grads.instruction_positions(replace(model, system_prompt=None), text)[0]
