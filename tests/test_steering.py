@@ -82,10 +82,20 @@ def test_subspace_ablation_rejects_dependent_rows():
 
 
 def test_clamp_with_nothing_clamped_equals_sae_lens_error_term_splice():
+    """No clamp leaves x as it is, both through the `None` shortcut and through the splice itself: every latent
+    clamped to its own activation runs sae_lens' forward pass with the error term and must give x back."""
     sae = sae_lens_sae(16)
     x = torch.randn(2, 4, 16) * 3
-    assert_within("steering.sae_clamp(sae, [3], None)(x)", scaled_error(steering.sae_clamp(sae, [3], None)(x), x), 1e-5)
+    assert_within("sae_clamp's None shortcut", scaled_error(steering.sae_clamp(sae, [3], None)(x), x), 1e-5)
     assert_within("steering.spliced_output(sae, x)", max_abs(steering.spliced_output(sae, x), x), 1e-5)
+    one = x[:1, :1]
+    f = sae.encode(one)[0, 0].detach()
+    every = list(range(sae.cfg.d_sae))
+    assert_within("every latent clamped to its own activation, through the splice",
+                  max_abs(steering.sae_clamp(sae, every, f)(one), one), 1e-4)
+    moved = f.clone()
+    moved[f.argmax()] += 1.0
+    assert max_abs(steering.sae_clamp(sae, every, moved)(one), one) > 0.1, "the splice path is taken, not skipped"
 
 
 def test_clamping_a_latent_to_its_own_activation_is_a_no_op():
