@@ -3,8 +3,10 @@
 Trains the preset's SAE pair again from the same caches with other seeds (one round each, at the L1 coefficient the
 main job's seed-0 SAE ended at, so the L0 stays matched), then decomposes r with every seed's SAEs: the cosine of the
 reconstructed difference of means and the max decoder cosine, on our matched sets (the preset's template) and, when
-the public splits are present, Kissane et al.'s protocol (their prompts, no system turn). Prints mean ± sd over seeds
-and writes `runs/<preset>/seed_variance.json`. Needs notebooks 01 and 02 of the preset to have run.
+Kissane et al.'s prompt lists are present, their protocol (AdvBench vs Alpaca as their code splits them, no system
+turn; their split of Arditi et al.'s mixed public splits beside it), with their sparsity procedure and a style
+control. Prints mean ± sd over seeds and writes `runs/<preset>/seed_variance.json`, which the report reads. Needs
+notebooks 01 and 02 of the preset to have run.
 
 Run: `python scripts/seed_variance.py [--preset offline] [--seeds 1 2] [--public FOLDER]`
 (offline: ~4 min of training per SAE and seed on 2 CPU cores).
@@ -24,7 +26,7 @@ from helpers.config import SAEConfig, get_config
 from helpers.files import atomic_write_json
 from helpers.instructions import instructions_only, load_instructions
 from helpers.models import load_from_config
-from helpers.public_splits import kissane_prompt_sets
+from helpers.public_splits import KISSANE_SET, kissane_prompt_sets
 from helpers.saes import load_sae, train_or_reuse
 
 
@@ -60,7 +62,10 @@ def main(argv: list[str] | None = None) -> None:
     if public:
         prompt_sets.update(public)
         templates["no system turn (paper)"] = None
-    per_seed = {seed: dec.protocol_grid(model, saes, prompt_sets, templates, cfg.sae_hook, -1, args.resamples, cfg.seed)
+    # Kissane et al.'s own prompts also get their sparsity procedure and the style control, at every seed
+    ks = [k for k in (2 ** i for i in range(10)) if k <= min(s.cfg.d_sae for s in saes_by_seed[0].values())]
+    per_seed = {seed: dec.protocol_grid(model, saes, prompt_sets, templates, cfg.sae_hook, -1, args.resamples, cfg.seed,
+                                        full_sets=(KISSANE_SET,), ks=ks, pair=tuple(pair))
                 for seed, saes in saes_by_seed.items()}
     summary = {}
     for key in per_seed[0]:
