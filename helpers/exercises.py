@@ -30,6 +30,11 @@ NOTEBOOKS = REPO / "notebooks"
 EXERCISES = NOTEBOOKS / "exercises"
 SOLUTION_OPEN = "<details><summary><b>Solution</b> (click to show)</summary>\n\n```python\n"
 SOLUTION_CLOSE = "\n```\n\n</details>"
+# The numbered notebooks default to the offline preset; the exercise copies to the class size, saying so when run
+SOLUTION_PRESET = 'PRESET = os.environ.get("REFUSAL_PRESET", "offline")'
+EXERCISE_PRESET = ('PRESET = os.environ.get("REFUSAL_PRESET", "teach")  # the exercise copies run at the class size\n'
+                   'print(f"Preset {PRESET!r}" + (" (the exercise copies\' default: ~15 min for notebooks 00-06 on 2 CPU '
+                   'cores; set REFUSAL_PRESET=offline for the full size)" if "REFUSAL_PRESET" not in os.environ else ""))')
 
 
 def solution_notebooks(folder: Path = NOTEBOOKS) -> list[Path]:
@@ -70,6 +75,21 @@ def _title(source: str, name: str) -> str:
             "below it, and reveal the solution if you are stuck. Edit the numbered notebook, not this copy.*")
 
 
+def _exercise_preset(source: str) -> str:
+    """A parameters cell with the exercise copies' default preset (teach) and its one line; other cells as they are."""
+    first, sep, rest = source.partition("\n")
+    if not first.startswith(SOLUTION_PRESET):
+        return source
+    return EXERCISE_PRESET + sep + rest
+
+
+def _solution_preset(source: str) -> str:
+    """The reverse of `_exercise_preset` (the solution notebook's parameters cell)."""
+    if not source.startswith(EXERCISE_PRESET):
+        return source
+    return SOLUTION_PRESET + '  # "offline", "paper", "teach", "quick" or "smoke"' + source[len(EXERCISE_PRESET):]
+
+
 def make_exercise(solution: nbformat.NotebookNode, name: str) -> nbformat.NotebookNode:
     """The exercise notebook generated from a solution notebook (`name`: its file name)."""
     nb = nbformat.v4.new_notebook(metadata=solution.metadata)
@@ -83,7 +103,7 @@ def make_exercise(solution: nbformat.NotebookNode, name: str) -> nbformat.Notebo
             nb.cells.extend([new, _solution_cell(cell.source)])
         else:
             keep = {k: v for k, v in cell.metadata.items() if k in ("tags",)}
-            new = (nbformat.v4.new_code_cell(cell.source) if cell.cell_type == "code"
+            new = (nbformat.v4.new_code_cell(_exercise_preset(cell.source)) if cell.cell_type == "code"
                    else nbformat.v4.new_markdown_cell(cell.source))
             new.metadata.update(keep)
             nb.cells.append(new)
@@ -104,6 +124,8 @@ def fill_solutions(exercise: nbformat.NotebookNode) -> nbformat.NotebookNode:
             if not (solution.startswith(SOLUTION_OPEN) and solution.endswith(SOLUTION_CLOSE)):
                 raise ValueError(f"cell {i + 1} should hold the solution of the exercise in cell {i}.")
             cell = nbformat.v4.new_code_cell(solution[len(SOLUTION_OPEN):-len(SOLUTION_CLOSE)])
+        elif cell.cell_type == "code" and cell.source.startswith(EXERCISE_PRESET):
+            cell = nbformat.from_dict({**cell, "source": _solution_preset(cell.source)})
         nb.cells.append(cell)
     return nb
 

@@ -4,6 +4,7 @@ notebook's code cell for cell, so the nbmake run of notebooks 03-06 in smoke mod
 code a learner's filled-in copy runs; tests/test_browser.py runs one filled copy (04) from JupyterLab to the end."""
 
 import re
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -90,3 +91,22 @@ def test_stub_keeps_signature_and_docstring_and_rejects_cells_without_a_function
     assert "return" not in out
     with pytest.raises(ValueError, match="must define a function"):
         exercises.stub("x = 1\n")
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "notebooks" / "exercises")
+                                        .glob("[0-9][0-9]_*.ipynb")), ids=lambda p: p.name[:2])
+def test_an_exercise_copy_opened_with_nothing_set_runs_at_the_teach_size_and_says_so(path, monkeypatch, capsys):
+    """A class opens the copies as they are: no REFUSAL_PRESET in the environment means the teach preset (notebook
+    03 included, which reads nothing upstream), with one line saying so; the variable still wins when set."""
+    import os
+
+    nb = nbformat.read(path, as_version=4)
+    cell = next(c.source for c in nb.cells if c.cell_type == "code" and c.source.lstrip().startswith("PRESET ="))
+    monkeypatch.delenv("REFUSAL_PRESET", raising=False)
+    scope = {"os": os}
+    exec(cell, scope)  # noqa: S102 - the parameters cell: assignments and one print
+    assert scope["PRESET"] == "teach"
+    assert "the exercise copies' default" in capsys.readouterr().out
+    monkeypatch.setenv("REFUSAL_PRESET", "smoke")
+    exec(cell, scope)  # noqa: S102
+    assert scope["PRESET"] == "smoke" and "default" not in capsys.readouterr().out
