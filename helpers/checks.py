@@ -41,8 +41,8 @@ def _run(name: str, fn: Callable, *args):
     try:
         return fn(*args)
     except NotImplementedError:
-        raise CheckFailed(f"{name} still raises NotImplementedError: write its body (or reveal the solution "
-                          "below it and run that cell).") from None
+        raise CheckFailed(f"{name} still raises NotImplementedError: write its body (or open the solution under "
+                          "it, copy it into the function's cell and run that cell again).") from None
     except CheckFailed:
         raise
     except Exception as e:  # noqa: BLE001 - the learner's error, shown with the check's context
