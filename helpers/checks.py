@@ -161,9 +161,14 @@ def difference_of_means(fn: Callable[[Tensor, Tensor], Tensor], model=None, harm
 HOOK_POINTS = ("hook_resid_pre", "hook_attn_out", "hook_mlp_out")
 
 
-class _FakeHook:
-    def __init__(self, name: str) -> None:
-        self.name = name
+def _hook_point(name: str):
+    """TransformerLens' own HookPoint named `name`, so a learner's hook can use its API (`hook.name`,
+    `hook.layer()`) exactly as on the model."""
+    from transformer_lens.hook_points import HookPoint
+
+    point = HookPoint()
+    point.name = name
+    return point
 
 
 def _hook_names(hooks) -> list[str]:
@@ -175,7 +180,11 @@ def _hook_names(hooks) -> list[str]:
 def _apply_hooks(hooks, acts: Tensor) -> dict[str, Tensor]:
     out = {}
     for hook_name, f in hooks:
-        result = f(acts.clone(), _FakeHook(hook_name))
+        try:
+            result = f(acts.clone(), _hook_point(hook_name))
+        except Exception as e:  # noqa: BLE001 - the learner's hook failed: say which, with its error
+            raise CheckFailed(f"your hook on {hook_name} raised {type(e).__name__} on activations of shape "
+                              f"{tuple(acts.shape)} [batch, position, d_model]: {e}") from e
         if result is None:
             raise CheckFailed(f"the hook on {hook_name} returned None: return the edited activations.")
         out[hook_name] = result

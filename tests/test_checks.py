@@ -62,6 +62,26 @@ def test_ablation_hooks():
                                                     for k, _ in ablation_right(r, n)], "zeroed")
     fails_with(checks.ablation_hooks, lambda r, n: [(k, h) for k, h in ablation_right(r, n) if "blocks.0." not in k],
                "hook every layer")
+    # a broadcasting slip inside the learner's hook comes back as a check message naming the hook
+    u_of = lambda r: r / r.norm()  # noqa: E731
+    fails_with(checks.ablation_hooks, lambda r, n: [(k, lambda x, hook: x - (x @ u_of(r)) * u_of(r))
+                                                    for k, _ in ablation_right(r, n)],
+               "your hook on blocks.0.hook_resid_pre raised RuntimeError")
+
+
+def test_a_hook_may_use_the_transformer_lens_hook_api(capsys):
+    """Right hooks written against TransformerLens' HookPoint (`hook.name`, `hook.layer()`) pass."""
+    def with_api(r, n_layers):
+        u = r / r.norm()
+
+        def hook(x, hook):
+            assert 0 <= hook.layer() < n_layers and hook.name.startswith(f"blocks.{hook.layer()}.")
+            return x - (x @ u.to(x))[..., None] * u.to(x)
+
+        return [(f"blocks.{L}.{p}", hook) for L in range(n_layers) for p in HOOKS]
+
+    checks.ablation_hooks(with_api)
+    assert "✓ ablation_hooks" in capsys.readouterr().out
 
 
 def orth_right(W, r):
