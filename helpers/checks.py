@@ -37,7 +37,32 @@ class Mistake:
     wrong: Callable[[], object]
 
 
+def _snapshot(arg) -> dict[str, Tensor]:
+    """What a learner's function must not change: a tensor argument, or an SAE's weights."""
+    if isinstance(arg, Tensor):
+        return {"": arg.detach().clone()}
+    if hasattr(arg, "W_dec") and hasattr(arg, "state_dict"):
+        return {f".{k}": v.detach().clone() for k, v in arg.state_dict().items()}
+    return {}
+
+
 def _run(name: str, fn: Callable, *args):
+    """`fn(*args)`, turning the learner's errors into a CheckFailed, and failing when it edited an input in place
+    (in the notebook that would rewrite activations or the SAE every later cell uses)."""
+    before = [_snapshot(a) for a in args]
+    result = _call(name, fn, *args)
+    for i, (arg, snap) in enumerate(zip(args, before)):
+        now = _snapshot(arg)
+        changed = [k for k, v in snap.items() if k in now and not torch.equal(now[k], v)]
+        if changed:
+            what = f"argument {i + 1}" + (f" (the SAE's {changed[0][1:]})" if changed[0] else "")
+            raise CheckFailed(f"{name} changed its {what} in place (an in-place operation such as `x /= ...` or "
+                              "`x[...] = ...` on an input): in the notebook that rewrites what later cells use; "
+                              "work on a copy (`x = x / ...`).")
+    return result
+
+
+def _call(name: str, fn: Callable, *args):
     try:
         return fn(*args)
     except NotImplementedError:

@@ -259,6 +259,22 @@ def test_latent_scores():
     fails_with(checks.latent_scores, lambda W, g: scores_right(W, g) * len(g), "sum over positions")
     fails_with(checks.latent_scores, lambda W, g: g @ W.T, "reduce over positions")
 
+    def normalises_in_place(W, g):  # right values, but rewrites the SAE's decoder the rest of notebook 06 uses
+        W /= W.norm(dim=-1, keepdim=True)
+        return (g.double() @ W.double().T).mean(0)
+
+    fails_with(checks.latent_scores, normalises_in_place, "changed its argument 1 in place")
+
+
+def test_in_place_edits_of_inputs_are_reported():
+    def centred_in_place(h, hl):
+        h -= hl.mean(0)
+        return h.double().mean(0)
+
+    fails_with(checks.difference_of_means, centred_in_place, "changed its argument 1 in place")
+    fails_with(checks.orthogonalize, lambda W, r: W.sub_(torch.outer(r / r.norm(), (r / r.norm()) @ W)),
+               "changed its argument 1 in place")
+
 
 def test_sae_stage_of_the_04_to_06_checks(capsys):
     sae = checks.random_sae(d_in=16, d_sae=48, seed=3)  # stands in for a trained SAE: the same code path
