@@ -539,6 +539,15 @@ def latent_interventions(fn: Callable, sae=None, layer: int | None = None, norm:
         want_add = steering.latent_addition(s, latent, L, nrm)
         if ablation.ablate is None or addition.add is None:
             raise CheckFailed(f"{name}: the first Intervention needs ablate=, the second add= and add_layer=.")
+        extra = {"the ablation": [f for f in ("add", "edit") if getattr(ablation, f) is not None]
+                 + (["prompt_only"] if ablation.prompt_only else []),
+                 "the addition": [f for f in ("ablate", "edit") if getattr(addition, f) is not None]
+                 + (["prompt_only"] if addition.prompt_only else [])}
+        for which, fields in extra.items():
+            if fields:
+                raise CheckFailed(f"{name}: {which} also sets {', '.join(f'{f}=' for f in fields)}: each Intervention "
+                                  "does one thing here (ablation everywhere; addition at every position, prompt and "
+                                  "generated tokens alike), so leave the other fields at their defaults.")
         if addition.add_layer != L:
             raise CheckFailed(f"{name}: add at the SAE's layer (add_layer={L}), not {addition.add_layer}.")
         a = ablation.ablate.detach().float().cpu().flatten()
@@ -555,9 +564,9 @@ def latent_interventions(fn: Callable, sae=None, layer: int | None = None, norm:
             Mistake("the added vector points the wrong way: +norm · d̂.", lambda: -want_add.add),
             Mistake("`norm` is ignored: add norm · d̂.", lambda: want_add.add / nrm),
         ]
-        _compare(name, addition.add.detach().float().cpu(), want_add.add, mistakes, f"(latent {latent})", rtol=1e-4)
-        if float(addition.coeff) != 1.0:
-            raise CheckFailed(f"{name}: leave coeff at 1 and put the scale in add= (you set coeff={addition.coeff}).")
+        # what is added is coeff · add: a unit row with coeff=norm is as right as norm · d̂ with coeff 1
+        added = addition.add.detach().float().cpu() * float(addition.coeff)
+        _compare(name, added, want_add.add, mistakes, f"(latent {latent}; coeff · add)", rtol=1e-4)
     _passed(name, ["on a random SAE"] + (["on the SAE"] if sae is not None else []))
 
 

@@ -14,8 +14,10 @@ as from each other (their difference is float32 rounding, not a bug).
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -40,8 +42,6 @@ OUT = ROOT / "docs" / "measurements" / "tolerances.json"
 def numeric_tests(files: list[str] = TESTS) -> list[str]:
     """Node ids of the tests that compare floats: those calling `assert_within` (directly or through a function of
     their module), and every test of tests/test_checks.py (the checks' `_compare` logs its errors)."""
-    import ast
-
     ids = []
     for file in files:
         tree = ast.parse((ROOT / file).read_text())
@@ -105,7 +105,7 @@ def summarise(logs: dict[str, Path]) -> list[dict]:
             continue
         for line in log.read_text().splitlines():
             r = json.loads(line)
-            key = (r["file"], r["line"], r["name"])
+            key = (r["file"], r["test"].split("::")[-1].split("[")[0], r["name"])
             row = rows.setdefault(key, {"file": r["file"], "line": r["line"], "name": r["name"], "bound": r["bound"],
                                         "test": r["test"]})
             row["bound"] = max(row["bound"], r["bound"])
@@ -119,22 +119,45 @@ def summarise(logs: dict[str, Path]) -> list[dict]:
     return sorted(out, key=lambda r: (r["margin"], r["file"], r["line"] or 0))
 
 
+def _calls(path: Path) -> list[tuple[str, re.Pattern, int]]:
+    """(enclosing function, pattern of its name argument, line) of every `assert_within` call in a test file."""
+    tree = ast.parse(path.read_text())
+    out = []
+    for fn in (n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)):
+        for call in ast.walk(fn):
+            if isinstance(call, ast.Call) and getattr(call.func, "id", None) == "assert_within" and call.args:
+                arg = call.args[0]
+                if isinstance(arg, ast.Constant):
+                    pattern = re.escape(arg.value)
+                elif isinstance(arg, ast.JoinedStr):  # an f-string: its constant parts, anything between
+                    pattern = ".*".join(re.escape(v.value) if isinstance(v, ast.Constant) else "" for v in arg.values)
+                else:
+                    continue
+                out.append((fn.name, re.compile(f"^{pattern}$"), call.lineno))
+    return out
+
+
 def write_comments(rows: list[dict], n_settings: int) -> int:
-    """Put `# measured: max X over N settings (bound B, Mx)` on the line above each assert_within call."""
-    by_file: dict[str, dict[int, dict]] = defaultdict(dict)
-    for r in rows:
-        if r["line"] is None:
-            continue
-        prev = by_file[r["file"]].get(r["line"])
-        if prev is None or r["max_observed"] > prev["max_observed"]:
-            by_file[r["file"]][r["line"]] = r
+    """Put `# measured: max X over N settings (bound B, Mx)` on the line above each assert_within call, found by
+    its test function and name (not by line, which edits move)."""
     changed = 0
-    for fname, lines_rows in by_file.items():
+    for fname in sorted({r["file"] for r in rows if r["file"] != "checks.py"}):
         path = ROOT / "tests" / fname
+        calls = _calls(path)
+        worst: dict[int, dict] = {}
+        for r in (r for r in rows if r["file"] == fname):
+            func = r["test"].split("::")[-1].split("[")[0]
+            hits = [line for f, pat, line in calls if f == func and pat.match(r["name"])] or \
+                   [line for f, pat, line in calls if pat.match(r["name"])]
+            if len(hits) != 1:
+                print(f"  {fname}: {r['name']!r} ({func}) matches {len(hits)} calls; no comment written")
+                continue
+            prev = worst.get(hits[0])
+            if prev is None or r["max_observed"] > prev["max_observed"]:
+                worst[hits[0]] = r
         lines = path.read_text().split("\n")
-        for line_no in sorted(lines_rows, reverse=True):
-            r = lines_rows[line_no]
-            i = line_no - 1
+        for line_no in sorted(worst, reverse=True):
+            r, i = worst[line_no], line_no - 1
             indent = lines[i][: len(lines[i]) - len(lines[i].lstrip())]
             margin = "no rounding seen" if r["max_observed"] == 0 else f"{r['margin']:.0f}x"
             comment = (f"{indent}# measured: max {r['max_observed']:.1e} over {n_settings} settings "
@@ -152,21 +175,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--write-comments", action="store_true", help="refresh the comment above each call")
     parser.add_argument("--settings", nargs="*", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--from-logs", type=Path, default=None,
+                        help="summarise the logs of an earlier run (its folder, printed at the start) instead of "
+                             "running the tests again")
     args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="tolerances-"))
+    tmp = args.from_logs or Path(tempfile.mkdtemp(prefix="tolerances-"))
     logs, seconds = {}, {}
-    print(f"numeric tests under {len(args.settings)} settings:", flush=True)
+    print(f"numeric tests under {len(args.settings)} settings (logs in {tmp}):", flush=True)
     for name in args.settings:
         logs[name] = tmp / f"{len(logs)}.jsonl"
-        seconds[name] = run_setting(name, SETTINGS[name], logs[name])
+        if args.from_logs is None:
+            seconds[name] = run_setting(name, SETTINGS[name], logs[name])
     rows = summarise(logs)
-    reference = float64_reference()
+    previous = json.loads(OUT.read_text()) if OUT.exists() else {}
+    reference = previous.get("float64_reference") if args.from_logs else None
+    reference = reference or float64_reference()
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps({"settings": {k: SETTINGS[k] for k in args.settings}, "seconds": seconds,
-                               "float64_reference": reference, "cpu": _cpu(), "tolerances": rows}, indent=1) + "\n")
+    OUT.write_text(json.dumps({"settings": {k: SETTINGS[k] for k in args.settings},
+                               "seconds": seconds or previous.get("seconds", {}), "float64_reference": reference,
+                               "cpu": _cpu(), "tolerances": rows}, indent=1) + "\n")
     print(f"\n{len(rows)} tolerances; the 15 with the least margin:")
     for r in rows[:15]:
-        print(f"  {r['margin']:>9.1f}x  {r['max_observed']:.2e} <= {r['bound']:.0e}  {r['file']}:{r['line']}  {r['name']}")
+        print(f"  {r['margin']:>9.1f}x  {r['max_observed']:.2e} <= {r['bound']:.0e}  {r['file']}  {r['name']}")
     print("float64 reference:", {k: f"{v:.2e}" for k, v in reference.items()})
     if args.write_comments:
         print(f"comments written above {write_comments(rows, len(args.settings))} calls")

@@ -225,6 +225,29 @@ def test_latent_interventions():
     fails_with(checks.latent_interventions, raw_row, "not normalised")
     fails_with(checks.latent_interventions, wrong_layer, "add_layer=2")
 
+    def both(sae, latent, layer, norm):  # the ablation also adds
+        a, b = interventions_right(sae, latent, layer, norm)
+        return Intervention(ablate=a.ablate, add=b.add, add_layer=layer), b
+
+    def stray_edit(sae, latent, layer, norm):
+        a, b = interventions_right(sae, latent, layer, norm)
+        return a, Intervention(add=b.add, add_layer=layer, edit=lambda x: x, edit_layer=layer)
+
+    def prompt_only(sae, latent, layer, norm):
+        a, b = interventions_right(sae, latent, layer, norm)
+        return a, Intervention(add=b.add, add_layer=layer, prompt_only=True)
+
+    fails_with(checks.latent_interventions, both, "the ablation also sets add=")
+    fails_with(checks.latent_interventions, stray_edit, "the addition also sets edit=")
+    fails_with(checks.latent_interventions, prompt_only, "also sets prompt_only=")
+
+    def unit_row_with_coeff(sae, latent, layer, norm):  # right: coeff · add is what is added
+        d = sae.W_dec.detach()[latent].float()
+        d = d / d.norm()
+        return Intervention(ablate=d), Intervention(add=d, add_layer=layer, coeff=norm)
+
+    checks.latent_interventions(unit_row_with_coeff)
+
 
 # -- 06 -------------------------------------------------------------------------------------------------------------
 
