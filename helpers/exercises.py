@@ -5,7 +5,9 @@ In a solution notebook, a code cell tagged `exercise` holds the functions a lear
 on it. The exercise copy (`notebooks/exercises/NN_*.ipynb`) keeps everything else as it is and
 
 - replaces the body of every function in an `exercise` cell (after its docstring) with `raise NotImplementedError`,
-- puts the solution right after the stub, collapsed in a `<details>` block (one click away, never run by "Run all"),
+- keeps the markdown cells tagged `hint` that follow it (progressive hints, collapsed, and what the check compares)
+  right after the stub,
+- puts the solution after them, collapsed in a `<details>` block (one click away, never run by "Run all"),
 - says at the top that it is the exercise copy, with a link to the solutions.
 
 `fill_solutions` does the reverse (stubs replaced by the collapsed solutions): the test suite checks that it gives
@@ -93,14 +95,24 @@ def _solution_preset(source: str) -> str:
 def make_exercise(solution: nbformat.NotebookNode, name: str) -> nbformat.NotebookNode:
     """The exercise notebook generated from a solution notebook (`name`: its file name)."""
     nb = nbformat.v4.new_notebook(metadata=solution.metadata)
-    for i, cell in enumerate(solution.cells):
+    cells = solution.cells
+    for i, cell in enumerate(cells):
         tags = cell.metadata.get("tags", [])
+        if "hint" in tags:
+            continue  # placed with its exercise, between the stub and the solution
         if i == 0 and cell.cell_type == "markdown":
             nb.cells.append(nbformat.v4.new_markdown_cell(_title(cell.source, name)))
         elif "exercise" in tags:
             new = nbformat.v4.new_code_cell(stub(cell.source))
             new.metadata["tags"] = ["exercise"]
-            nb.cells.extend([new, _solution_cell(cell.source)])
+            hints = []
+            for later in cells[i + 1:]:
+                if "hint" not in later.metadata.get("tags", []):
+                    break
+                hint = nbformat.v4.new_markdown_cell(later.source)
+                hint.metadata["tags"] = ["hint"]
+                hints.append(hint)
+            nb.cells.extend([new, *hints, _solution_cell(cell.source)])
         else:
             keep = {k: v for k, v in cell.metadata.items() if k in ("tags",)}
             new = (nbformat.v4.new_code_cell(_exercise_preset(cell.source)) if cell.cell_type == "code"
@@ -120,9 +132,12 @@ def fill_solutions(exercise: nbformat.NotebookNode) -> nbformat.NotebookNode:
         if "solution" in cell.metadata.get("tags", []):
             continue
         if "exercise" in cell.metadata.get("tags", []):
-            solution = cells[i + 1].source
+            j = i + 1
+            while j < len(cells) and "hint" in cells[j].metadata.get("tags", []):
+                j += 1
+            solution = cells[j].source if j < len(cells) else ""
             if not (solution.startswith(SOLUTION_OPEN) and solution.endswith(SOLUTION_CLOSE)):
-                raise ValueError(f"cell {i + 1} should hold the solution of the exercise in cell {i}.")
+                raise ValueError(f"cell {j} should hold the solution of the exercise in cell {i}.")
             cell = nbformat.v4.new_code_cell(solution[len(SOLUTION_OPEN):-len(SOLUTION_CLOSE)])
         elif cell.cell_type == "code" and cell.source.startswith(EXERCISE_PRESET):
             cell = nbformat.from_dict({**cell, "source": _solution_preset(cell.source)})

@@ -110,3 +110,23 @@ def test_an_exercise_copy_opened_with_nothing_set_runs_at_the_teach_size_and_say
     monkeypatch.setenv("REFUSAL_PRESET", "smoke")
     exec(cell, scope)  # noqa: S102
     assert scope["PRESET"] == "smoke" and "default" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.name[:2])
+def test_each_exercise_has_progressive_hints_before_its_solution(path):
+    """ARENA's help structure in the exercise copy: stub, then one to three collapsed hints and what the check
+    compares, then the solution."""
+    exercise = exercise_copy(path)
+    cells = exercise.cells
+    for i, cell in enumerate(cells):
+        if "exercise" not in cell.metadata.get("tags", []):
+            continue
+        hints = []
+        j = i + 1
+        while "hint" in cells[j].metadata.get("tags", []):
+            hints.append(cells[j].source)
+            j += 1
+        text = "\n".join(hints)
+        assert 1 <= text.count("<summary>Hint ") <= 3, (path.name, i)
+        assert "*If the check fails:*" in text
+        assert "solution" in cells[j].metadata.get("tags", []), "the solution comes after the hints"
