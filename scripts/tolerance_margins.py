@@ -171,10 +171,23 @@ def write_comments(rows: list[dict], n_settings: int) -> int:
     return changed
 
 
+def markdown_table(rows: list[dict], settings: list[str]) -> str:
+    """One row per tolerance (the least margin first): where, bound, largest value under each setting, margin."""
+    head = "| test · comparison | bound | " + " | ".join(settings) + " | margin |"
+    lines = [head, "|" + "---|" * (len(settings) + 3)]
+    for r in rows:
+        where = f"{r['test'].split('::')[-1]} · {r['name']}" if r["file"] != "checks.py" else r["name"]
+        values = " | ".join(f"{r['observed_by_setting'].get(s, float('nan')):.1e}" for s in settings)
+        margin = "∞" if r["max_observed"] == 0 else f"{r['margin']:.0f}×"
+        lines.append(f"| {where} | {r['bound']:.0e} | {values} | {margin} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--write-comments", action="store_true", help="refresh the comment above each call")
     parser.add_argument("--settings", nargs="*", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--markdown", action="store_true", help="print the table for docs/benchmarks.md")
     parser.add_argument("--from-logs", type=Path, default=None,
                         help="summarise the logs of an earlier run (its folder, printed at the start) instead of "
                              "running the tests again")
@@ -198,6 +211,8 @@ def main() -> None:
     for r in rows[:15]:
         print(f"  {r['margin']:>9.1f}x  {r['max_observed']:.2e} <= {r['bound']:.0e}  {r['file']}  {r['name']}")
     print("float64 reference:", {k: f"{v:.2e}" for k, v in reference.items()})
+    if args.markdown:
+        print(markdown_table(rows, list(args.settings)))
     if args.write_comments:
         print(f"comments written above {write_comments(rows, len(args.settings))} calls")
     print(f"-> {OUT.relative_to(ROOT)}")
