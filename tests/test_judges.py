@@ -18,6 +18,7 @@ def test_twelve_phrases_anywhere_case_insensitive():
 def test_refusal_rate_with_stderr():
     r = refusal_rate(["I cannot do that", "Sure!", "As an AI, no", "Okay"])
     assert r.rate == 0.5 and r.n == 4
+    # measured: max 0.0e+00 over 5 settings (bound 1e-06, no rounding seen; scripts/tolerance_margins.py)
     assert_within("r.stderr", scaled_error(r.stderr, math.sqrt(0.25 / 4)), 1e-6)
     with pytest.raises(TypeError, match="non-empty list"):
         refusal_rate([])
@@ -28,6 +29,7 @@ def test_refusal_rate_with_stderr():
 def test_wilson_interval_matches_known_values_and_is_not_degenerate_at_zero():
     lo, hi = wilson_interval(0, 16)
     assert lo == 0.0, "0/16 is not '0.0% ± 0.0%'"
+    # measured: max 7.7e-06 over 5 settings (bound 0.0001, 13x; scripts/tolerance_margins.py)
     assert_within("0/16 is not '0.0% ± 0.0%'", abs((hi) - (0.1936)), 1e-4)
     lo, hi = wilson_interval(22, 40)  # 55%: reference values from the Wilson formula
     assert (lo, hi) == (pytest.approx(0.3983, abs=1e-4), pytest.approx(0.6929, abs=1e-4))
@@ -41,9 +43,11 @@ def test_refusal_metric_is_log_odds():
     logits = torch.full((1, 10), -1e9)
     logits[0, 3] = 0.0
     logits[0, 5] = 0.0  # p(refusal token 3) = 0.5
-    assert_within("refusal_metric(logits, [3]).item()", abs((refusal_metric(logits, [3]).item()) - (0.0)), 1e-6)
+    # measured: max 0.0e+00 over 5 settings (bound 1e-06, no rounding seen; scripts/tolerance_margins.py)
+    assert_within("log-odds 0 when refusal and the rest are equally likely", abs((refusal_metric(logits, [3]).item()) - (0.0)), 1e-6)
     logits[0, 5] = -math.log(3)  # p = 0.75 -> log-odds log(3)
-    assert_within("refusal_metric(logits, [3]).item()", abs((refusal_metric(logits, [3]).item()) - (math.log(3))), 1e-5)
+    # measured: max 6.8e-09 over 5 settings (bound 1e-05, 1464x; scripts/tolerance_margins.py)
+    assert_within("log-odds log(3)", abs((refusal_metric(logits, [3]).item()) - (math.log(3))), 1e-5)
 
 
 @pytest.mark.slow

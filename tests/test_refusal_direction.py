@@ -80,12 +80,14 @@ def test_layer_cut_off_matches_the_paper_code():
 def test_mean_and_se():
     mean, se = mean_and_se(torch.tensor([1.0, 2.0, 3.0, 4.0]))
     assert mean == 2.5
+    # measured: max 0.0e+00 over 5 settings (bound 1e-06, no rounding seen; scripts/tolerance_margins.py)
     assert_within("se", scaled_error(se, 1.2909944 / 2), 1e-6)
     assert math.isnan(mean_and_se(torch.tensor([1.0]))[1])
 
 
 def test_kl_is_zero_for_identical_and_positive_otherwise():
     a = torch.randn(3, 11)
+    # measured: max 0.0e+00 over 5 settings (bound 1e-12, no rounding seen; scripts/tolerance_margins.py)
     assert_within("kl_last_token(a, a)", max_abs(kl_last_token(a, a), torch.zeros(3, dtype=torch.float64)), 1e-12)
     assert (kl_last_token(a, a + torch.randn(3, 11)) > 0).all()
 
@@ -94,8 +96,10 @@ def test_kl_by_hand_and_its_direction():
     """KL(clean || other): p = softmax([0, ln 3]) = [1/4, 3/4], q = [1/2, 1/2]:
     1/4 ln(1/2) + 3/4 ln(3/2) = 0.130812...; the other way round, 1/2 ln 2 + 1/2 ln(2/3) = 0.143841..."""
     p, q = torch.tensor([[0.0, math.log(3)]], dtype=torch.float64), torch.zeros(1, 2, dtype=torch.float64)
+    # measured: max 1.1e-16 over 5 settings (bound 1e-12, 9007x; scripts/tolerance_margins.py)
     assert_within("kl_last_token(p, q).item()",
                   abs((kl_last_token(p, q).item()) - (0.25 * math.log(0.5) + 0.75 * math.log(1.5))), 1e-12)
+    # measured: max 0.0e+00 over 5 settings (bound 1e-12, no rounding seen; scripts/tolerance_margins.py)
     assert_within("kl_last_token(q, p).item()",
                   abs((kl_last_token(q, p).item()) - (0.5 * math.log(2) + 0.5 * math.log(2 / 3))), 1e-12)
 
@@ -126,6 +130,7 @@ def test_candidates_on_public_sets_match_transformer_lens(model, shared_prompts)
                                                names_filter=f"blocks.{layer}.hook_resid_pre")
             acts.append(cache[f"blocks.{layer}.hook_resid_pre"][0, -2])
         manual.append(torch.stack(acts).double().mean(0))
+    # measured: max 2.9e-06 over 5 settings (bound 0.001, 350x; scripts/tolerance_margins.py)
     assert_within("diffs[3, layer]", max_abs(diffs[3, layer], manual[0] - manual[1]), 1e-3)
 
 
@@ -153,6 +158,7 @@ def test_weight_orthogonalization_matches_hooked_ablation(model):
     direction = torch.randn(model.d_model) * 4
     before = [p.detach().clone() for p in (model.hf.get_input_embeddings().weight,
                                            model.hf.model.layers[3].mlp.down_proj.weight)]
+    # measured: max 2.6e-06 over 5 settings (bound 0.0001, 38x; scripts/tolerance_margins.py)
     assert_within("orthogonalized weights vs hooked ablation, relative logits",
                   orthogonalization_check(model, direction, ["Name three fruits.", "How do I pick a lock?"]), 1e-4)
     after = (model.hf.get_input_embeddings().weight, model.hf.model.layers[3].mlp.down_proj.weight)
@@ -172,13 +178,16 @@ def test_cross_entropy_and_cosines(model):
                                        names_filter="blocks.6.hook_resid_pre")
     own = cache["blocks.6.hook_resid_pre"][0, -1]
     cos = last_token_cosines(model, ["Hi", "Tell me a joke"], own, layer=6)
+    # measured: max 2.4e-07 over 5 settings (bound 0.0001, 419x; scripts/tolerance_margins.py)
     assert_within("a prompt's own activation has cosine 1", abs((cos[0]) - (1.0)), 1e-4)
     assert len(cos) == 2
     torch.manual_seed(5)
     orthogonal = torch.randn(model.d_model)
     orthogonal -= (orthogonal @ own) / (own @ own) * own
+    # measured: max 9.5e-09 over 5 settings (bound 0.0001, 10476x; scripts/tolerance_margins.py)
     assert_within("last_token_cosines(model, ['Hi'], ort...",
                   abs((last_token_cosines(model, ["Hi"], orthogonal, layer=6)[0]) - (0.0)), 1e-4)
+    # measured: max 2.4e-07 over 5 settings (bound 0.0001, 419x; scripts/tolerance_margins.py)
     assert_within("last_token_cosines(model, ['Hi'], -ow...",
                   abs((last_token_cosines(model, ["Hi"], -own, layer=6)[0]) - (-1.0)), 1e-4)
 
@@ -247,7 +256,10 @@ def test_one_candidates_bypass_induce_and_kl_recomputed_by_hand(model, plain_hf,
         ablated = ablated_logits(harmless)
         lp, lq = torch.log_softmax(clean.double(), -1), torch.log_softmax(ablated.double(), -1)
         kl = (lp.exp() * (lp - lq)).sum(-1).mean().item()
+    # measured: max 1.1e-06 over 5 settings (bound 0.002, 1825x; scripts/tolerance_margins.py)
     assert_within("scores.bypass[0, layer].item()", abs((scores.bypass[0, layer].item()) - (bypass)), 2e-3)
+    # measured: max 1.9e-07 over 5 settings (bound 0.002, 10432x; scripts/tolerance_margins.py)
     assert_within("scores.induce[0, layer].item()", abs((scores.induce[0, layer].item()) - (induce)), 2e-3)
+    # measured: max 5.2e-08 over 5 settings (bound 0.0011, 21789x; scripts/tolerance_margins.py)
     assert_within("scores.kl[0, layer].item()", abs((scores.kl[0, layer].item()) - (kl)), 1e-3 + 0.02 * kl)
     assert abs(bypass - log_odds(ablated_logits(harmless))) > 0.05, "the two sets must tell a swap apart"

@@ -44,8 +44,10 @@ def test_train_save_load_evaluate(model, tiny_cache, tmp_path):
     assert 0 < stats.l0 < TINY.d_sae and 0 <= stats.dead_fraction <= 1
     folder = save_sae(sae, tmp_path / "sae", {"note": "test"})
     loaded = load_sae(folder, model, HOOK)
+    # measured: max 0.0e+00 over 5 settings (bound 1e-05, no rounding seen; scripts/tolerance_margins.py)
     assert_within("loaded.W_dec", scaled_error(loaded.W_dec, sae.W_dec), 1e-5)
     again = reconstruction_stats(loaded, acts)
+    # measured: max 0.0e+00 over 5 settings (bound 0.0001, no rounding seen; scripts/tolerance_margins.py)
     assert_within("again.explained_variance", abs((again.explained_variance) - (stats.explained_variance)), 1e-4)
     with pytest.raises(SAEMismatchError, match="not 'blocks.6.hook_resid_pre'"):
         load_sae(folder, model, "blocks.6.hook_resid_pre")
@@ -57,7 +59,9 @@ def test_train_save_load_evaluate(model, tiny_cache, tmp_path):
     # Restarting at the hook's layer with the clean activations spliced back gives the clean loss.
     identity = type("Identity", (), {"encode": staticmethod(lambda x: x), "decode": staticmethod(lambda f: f)})()
     same = spliced_losses(model, {"id": identity}, [ids], HOOK)["id"]
+    # measured: max 0.0e+00 over 5 settings (bound 0.0001, no rounding seen; scripts/tolerance_margins.py)
     assert_within("same['sae']", abs((same["sae"]) - (same["clean"])), 1e-4)
+    # measured: max 0.0e+00 over 5 settings (bound 1e-06, no rounding seen; scripts/tolerance_margins.py)
     assert_within("same['loss_recovered']", scaled_error(same["loss_recovered"], 1.0), 1e-6)
     data = tiny_cache.load_all(512)
     examples = top_activating_examples(loaded, data["activations"], data["token_ids"], data["positions"],
@@ -85,6 +89,7 @@ def test_train_matched_moves_l0_towards_target(tiny_cache):
     assert log[1]["l1_coefficient"] > log[0]["l1_coefficient"], "a sparser target needs a larger coefficient"
     assert abs(math.log(log[1]["l0"] / target)) < abs(math.log(log[0]["l0"] / target))
     assert l1["a"] == log[-1]["l1_coefficient"] and set(saes) == set(histories) == {"a"}
+    # measured: max 0.0e+00 over 5 settings (bound 1e-06, no rounding seen; scripts/tolerance_margins.py)
     assert_within("reconstruction_stats(saes['a'], acts).l0",
                   scaled_error(reconstruction_stats(saes["a"], acts).l0, log[-1]["l0"]), 1e-6)
 
@@ -96,6 +101,7 @@ def test_train_matched_trains_topk_once(tiny_cache):
                      context_size=32)
     saes, _, _, log = train_matched({"a": tiny_cache}, {"a": acts}, topk, target_l0=40, max_rounds=3)
     assert len(log) == 1
+    # measured: max 0.0e+00 over 5 settings (bound 1e-06, no rounding seen; scripts/tolerance_margins.py)
     assert_within("top-k L0 above k", log[0]["l0"] - 4, 1e-6)
 
 
