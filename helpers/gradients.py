@@ -196,6 +196,37 @@ def specificity(top_sets: dict[str, list[set[int]]], k: int, n_resamples: int = 
             "per_request_within": dict(zip(names, within.tolist()))}
 
 
+def specificity_grid(model: LoadedModel, saes: dict, requests: dict[str, list[str]], source_layer: int,
+                     target_layer: int, r_target: Tensor, templates: dict[str, str | None], rule: str = "mean",
+                     r_source: Tensor | None = None, k: int = 10, n_resamples: int = 1000, seed: int = 0,
+                     batch_size: int = 8) -> tuple[dict[tuple[str, str, str], dict], dict[str, Tensor]]:
+    """Lee et al.'s prompt specificity for every SAE and chat template: each wording of each request
+    (`instructions.paraphrases()`) gets its refusal gradient, scored under `rule` over the instruction's own tokens
+    (`instruction_positions`) and over every position; `specificity` compares the top-`k` latents within and between
+    requests. Returns ({(sae, template, "instruction tokens" | "every position"): specificity}, {template: each
+    wording's refusal metric})."""
+    from dataclasses import replace
+
+    from helpers.generation import last_token_logits
+    from helpers.judges import refusal_metric, refusal_token_ids
+
+    wordings = [w for ws in requests.values() for w in ws]
+    refusal_ids = refusal_token_ids(model.tokenizer)
+    out, metric = {}, {}
+    for t_name, system_prompt in templates.items():
+        view = replace(model, system_prompt=system_prompt)  # the same weights, another chat template
+        metric[t_name] = refusal_metric(last_token_logits(view, wordings, batch_size=batch_size), refusal_ids)
+        grads = {w: refusal_gradient(view, w, source_layer, target_layer, r_target) for w in wordings}
+        own = {w: instruction_positions(view, w) for w in wordings}
+        for name, sae in saes.items():
+            for where in ("instruction tokens", "every position"):
+                top = {req: [set(latent_scores(sae, grads[w], rule, r_source,
+                                               positions=own[w] if where == "instruction tokens" else None)
+                                 .topk(k).indices.tolist()) for w in ws] for req, ws in requests.items()}
+                out[(name, t_name, where)] = specificity(top, k, n_resamples, seed)
+    return out, metric
+
+
 def specificity_verdict(spec: dict) -> bool:
     """The post's reading holds when a request's top-k latents survive rewording better than they are shared
     with other requests (the difference's interval above 0) and most of them are its own (between below half
