@@ -300,3 +300,24 @@ def test_split_half_cosine_and_protocol_summary():
                   abs((out["faithfulness"]["saes"]["exact"]["cosine"]["estimate"]) - (1.0)), 1e-9)
     assert out["max_decoder_cosine"]["exact"]["latent"] == 0, "e0, r's main coordinate, has the closest row"
     assert out["max_decoder_cosine"]["no_r"]["cosine"] < out["max_decoder_cosine"]["exact"]["cosine"]
+
+
+def test_adam_fit_starts_from_a_standard_normal_and_takes_adams_steps():
+    """Kissane et al.'s loop: coefficients from torch.randn (seeded), then Adam on the mean squared error. With no
+    steps the fit is the random start itself; one step moves each coefficient by lr against its gradient's sign
+    (Adam's first step), which an SGD step or a zero start would not reproduce."""
+    g = torch.Generator().manual_seed(5)
+    atoms, target = torch.randn(3, 8, generator=g), torch.randn(8, generator=g)
+    start = torch.randn(3, generator=torch.Generator().manual_seed(7))
+    at_start = dec.relative_mse((start[:, None] * atoms).sum(0), target)
+    # measured: 0.0 under all five settings of scripts/tolerance_margins.py (the same operations), both calls
+    assert_within("Adam with no steps is the random start", abs(dec.adam_relative_mse(atoms, target, 0, seed=7) - at_start),
+                  1e-6)
+    coef = start.clone().requires_grad_(True)
+    ((coef[:, None] * atoms).sum(0) - target).pow(2).mean().backward()
+    one_step = start - 0.01 * coef.grad.sign()
+    want = dec.relative_mse((one_step[:, None] * atoms).sum(0), target)
+    assert_within("one Adam step is lr times the gradient's sign", abs(dec.adam_relative_mse(atoms, target, 1, lr=0.01,
+                                                                                               seed=7) - want), 1e-5)
+    zero_start = dec.relative_mse(torch.zeros(8), target)
+    assert abs(dec.adam_relative_mse(atoms, target, 0, seed=7) - zero_start) > 1e-3, "not a zero start"
