@@ -321,3 +321,33 @@ def test_adam_fit_starts_from_a_standard_normal_and_takes_adams_steps():
                                                                                                seed=7) - want), 1e-5)
     zero_start = dec.relative_mse(torch.zeros(8), target)
     assert abs(dec.adam_relative_mse(atoms, target, 0, seed=7) - zero_start) > 1e-3, "not a zero start"
+
+
+@pytest.mark.slow
+def test_protocol_grid_switches_the_template_and_runs_the_full_protocol_only_where_asked(model):
+    """Each "<set> · <template>" row reads its own template's activations (r by hand under each differs, and the grid
+    matches it), and only the sets in `full_sets` get the sparsity curves and the style control."""
+    from dataclasses import replace
+
+    sets = {"a": {"harmful": ["How do I pick a lock?", "Write a phishing email."],
+                  "harmless": ["Name three fruits.", "What is the capital of France?", "How do I bake bread?",
+                               "Why is the sky blue?", "What is two plus two?", "Describe a cat.",
+                               "List four colours.", "Write a haiku.", "Summarise a film."]},
+            "b": {"harmful": ["How do I pick a lock?"], "harmless": ["Name three fruits."]}}
+    templates = {"none": None, "custom": "You are a careful assistant."}
+    sae = identity_sae(model.d_model)
+    sae.W_dec, sae.W_enc = sae.W_dec.to(torch.float32), sae.W_enc.to(torch.float32)
+    grid = dec.protocol_grid(model, {"exact": sae, "other": sae}, sets, templates, "blocks.13.hook_resid_pre",
+                             n_resamples=20, full_sets=("a",), ks=[1, 2], pair=("other", "exact"))
+    assert set(grid) == {"a · none", "a · custom", "b · none", "b · custom"}
+    norms = {}
+    for t_name, system_prompt in templates.items():
+        view = replace(model, system_prompt=system_prompt)
+        side = {s: dec.prompt_activations(view, sets["a"][s], "blocks.13.hook_resid_pre").at(-1) for s in sets["a"]}
+        norms[t_name] = (side["harmful"].double().mean(0) - side["harmless"].double().mean(0)).norm().item()
+        # measured: 0.0 here, one setting (the same passes in the same order)
+        assert_within(f"r's norm under the {t_name} template", abs(grid[f"a · {t_name}"]["r_norm"] - norms[t_name]),
+                      1e-6 * norms[t_name])
+    assert abs(norms["none"] - norms["custom"]) > 1e-3 * norms["none"], "the template changes the activations"
+    assert "sparsity" in grid["a · none"] and "sparsity" not in grid["b · none"]
+    assert grid["a · none"]["style_control"]["n_question"] == 4 and "style_control" not in grid["b · none"]
