@@ -33,7 +33,8 @@ from helpers.saes import load_sae, train_or_reuse
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="offline")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2], help="seeds besides the main job's (seed 0)")
+    ap.add_argument("--seeds", type=int, nargs="*", default=[1, 2],
+                    help="seeds besides the main job's (seed 0); none: only seed 0's decomposition, no training")
     ap.add_argument("--public", type=Path, default=None, help="the public splits (default: beside the clone)")
     ap.add_argument("--n-prompts", type=int, default=64)
     ap.add_argument("--resamples", type=int, default=1000)
@@ -73,11 +74,22 @@ def main(argv: list[str] | None = None) -> None:
             cos = [per_seed[s][key]["faithfulness"]["saes"][name]["cosine"]["estimate"] for s in per_seed]
             mdc = [per_seed[s][key]["max_decoder_cosine"][name]["cosine"] for s in per_seed]
             summary[f"{key} · {name}"] = {"cosine": cos, "max_decoder_cosine": mdc, "seeds": list(per_seed)}
-            print(f"{key} · {name}: cosine {statistics.mean(cos):.3f} ± {statistics.stdev(cos):.3f} "
-                  f"[{min(cos):.3f}, {max(cos):.3f}]; max decoder cosine {statistics.mean(mdc):.3f} ± "
-                  f"{statistics.stdev(mdc):.3f} (n = {len(cos)} seeds)")
-    out = atomic_write_json(cfg.run_dir / "seed_variance.json", {"pair": list(pair), "summary": summary,
-                                                                 "per_seed": {str(k): v for k, v in per_seed.items()}})
+            sd = (lambda v: statistics.stdev(v) if len(v) > 1 else float("nan"))
+            ci = per_seed[0][key]["faithfulness"]["saes"][name]["cosine"]["ci95"]
+            print(f"{key} · {name}: cosine {statistics.mean(cos):.3f} ± {sd(cos):.3f} [{min(cos):.3f}, {max(cos):.3f}] "
+                  f"(seed 0: 95% CI over prompts [{ci[0]:.3f}, {ci[1]:.3f}]); max decoder cosine "
+                  f"{statistics.mean(mdc):.3f} ± {sd(mdc):.3f} (n = {len(cos)} seeds)")
+        diff = per_seed[0][key]["faithfulness"]["differences"].get(f"chat - {pair[0]}", {}).get("cosine")
+        if diff:
+            print(f"{key}: chat − {pair[0]} (seed 0) {diff['estimate']:+.3f} [{diff['ci95'][0]:+.3f}, {diff['ci95'][1]:+.3f}]")
+        for extra in ("smallest_k", "style_control"):
+            if per_seed[0][key].get(extra):
+                print(f"{key}: {extra} (seed 0)",
+                      per_seed[0][key][extra] if extra == "smallest_k" else dec.control_verdict(per_seed[0][key][extra]))
+    # several seeds: the seed spread the report reads; seed 0 alone: its decomposition only
+    name = "seed_variance.json" if len(per_seed) > 1 else "kissane_protocol.json"
+    out = atomic_write_json(cfg.run_dir / name, {"pair": list(pair), "summary": summary,
+                                                 "per_seed": {str(k): v for k, v in per_seed.items()}})
     print(f"written to {out}")
 
 

@@ -165,7 +165,7 @@ def test_an_exercise_notebook_opened_cold_in_jupyterlab(tmp_path):
     result = json.loads(out.stdout.strip().splitlines()[-1])
     print(json.dumps(result, indent=1, ensure_ascii=False))  # shown when an assertion below fails
     assert "failure" not in result, result
-    assert result["collapsed_before"] and "def reconstruction" in result["revealed"], result
+    assert result["hints_collapsed"] and result["collapsed_before"] and "def reconstruction" in result["revealed"], result
     assert result["first_run_ok"] is False and len(result["first_run_errors"]) == 1, result
     assert "CheckFailed" in result["first_run_errors"][0] and "still raises NotImplementedError" in result["first_run_errors"][0]
     assert result["filled"] == 3 and result["second_run_ok"] is True and result["errors_after"] == [], result

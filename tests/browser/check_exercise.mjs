@@ -23,14 +23,21 @@ try {
   await page.waitForFunction(() => window.jupyterapp.shell.currentWidget?.sessionContext?.session?.kernel,
     { timeout: 90000 });
   step("lab loaded");
-  // 1. The solution is one click away: a collapsed <details> under the first exercise.
+  // 1. The solution is one click away: a collapsed <details> under the first exercise (after its hints, each
+  // collapsed too).
   await page.waitForSelector(".jp-RenderedMarkdown details summary", { timeout: 60000 });
-  result.collapsed_before = await page.evaluate(() => !document.querySelector(".jp-RenderedMarkdown details").open);
+  // the solution's block: the first <details> whose summary says Solution (the hints' say Hint 1, Hint 2, ...)
+  const FIND = `[...document.querySelectorAll(".jp-RenderedMarkdown details")]
+    .find((d) => d.querySelector("summary").textContent.includes("Solution"))`;
+  await page.waitForFunction(`Boolean(${FIND})`, { timeout: 60000 });
+  result.hints_collapsed = await page.evaluate(() => [...document.querySelectorAll(".jp-RenderedMarkdown details")]
+    .filter((d) => d.querySelector("summary").textContent.startsWith("Hint")).every((d) => !d.open));
+  result.collapsed_before = await page.evaluate(`!${FIND}.open`);
   // a click on the summary (through the DOM: a mouse click at coordinates can land on an overlay while the lab lays out)
-  await page.evaluate(() => document.querySelector(".jp-RenderedMarkdown details summary").click());
-  await page.waitForFunction(() => document.querySelector(".jp-RenderedMarkdown details").open, { timeout: 10000 });
+  await page.evaluate(`${FIND}.querySelector("summary").click()`);
+  await page.waitForFunction(`${FIND}.open`, { timeout: 10000 });
   // textContent: the code is in the opened block (innerText is empty for a cell the windowed notebook has not laid out)
-  result.revealed = await page.evaluate(() => document.querySelector(".jp-RenderedMarkdown details").textContent.slice(0, 400));
+  result.revealed = await page.evaluate(`${FIND}.textContent.slice(0, 400)`);
   step("solution revealed");
   // 2. Run all with the stubs: run-all stops at the first failing check.
   result.first_run_ok = await page.evaluate(() => window.jupyterapp.commands.execute("notebook:run-all-cells"));
@@ -46,7 +53,8 @@ try {
     cells.forEach((w, i) => {
       const tags = w.model.getMetadata("tags") || [];
       if (!tags.includes("exercise")) return;
-      const solution = cells[i + 1].model.sharedModel.getSource();
+      const next = cells.slice(i + 1).find((c) => c.model.sharedModel.getSource().includes("<b>Solution</b>"));
+      const solution = next.model.sharedModel.getSource();
       w.model.sharedModel.setSource(solution.split("```python\n")[1].split("\n```")[0]);
       n += 1;
     });
