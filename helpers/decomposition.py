@@ -180,8 +180,8 @@ def protocol_summary(saes: dict, harmful: Tensor, harmless: Tensor, n_resamples:
     cosine of r, the bootstrap faithfulness (cosine and relative MSE of r̂ with intervals, paired differences) and
     the max decoder cosine with r. `harmful`/`harmless`: `[n, d_model]` activations at the SAE's hook.
     With `ks`, also the sparsity curves (both rankings, least squares and their Adam fit: `sparsity_curve`) and
-    the smallest k for relative MSE ≤ 0.5 under each; with `harmless_texts` and `pair`, the style control
-    (`style_control`)."""
+    the smallest k for relative MSE ≤ 0.5 under each; with `harmless_texts` and `pair` (the webtext-side SAE, the
+    chat SAE), the style control (`style_control`) of the chat SAE's edge."""
     recon = {name: (reconstruct(sae, harmful), reconstruct(sae, harmless)) for name, sae in saes.items()}
     r = harmful.double().mean(0) - harmless.double().mean(0)
     out = {"n_harmful": len(harmful), "n_harmless": len(harmless), "r_norm": r.norm().item(),
@@ -198,7 +198,10 @@ def protocol_summary(saes: dict, harmful: Tensor, harmless: Tensor, n_resamples:
         out["smallest_k"] = {name: {f"k for rel. MSE ≤ 0.5 ({how})": smallest_k(c["k"], c[key], 0.5)
                                     for how, key in SPARSITY_RANKINGS.items()} for name, c in out["sparsity"].items()}
     if harmless_texts is not None and pair is not None and all(n in saes for n in pair):
-        out["style_control"] = style_control(harmful, harmless, harmless_texts, recon, pair, n_resamples, seed)
+        # `pair` is (the webtext-side SAE, the chat SAE), as `config.paper_pair` gives it; the control asks about the
+        # chat SAE's edge, so it is oriented chat first, as notebook 04's category control is
+        out["style_control"] = style_control(harmful, harmless, harmless_texts, recon, (pair[1], pair[0]),
+                                             n_resamples, seed)
     return out
 
 
