@@ -126,7 +126,8 @@ def _outputs(run_dir: Path) -> dict[str, object]:
 def _differences(a, b, path="", roots: tuple[str, str] = ("", "")) -> list[str]:
     """Where two results differ. Paths are compared relative to each run's folder (`roots`); floats to 1e-9
     relative: least-squares fits (LAPACK through multithreaded MKL) differ between processes in the last bits
-    (seen: 0.7285132049386888 against ...884), which is not what a broken resume looks like."""
+    (seen: 0.7285132049386888 against ...884, relative 5.5e-16: the bound is ~10⁶ times that), which is not what a
+    broken resume looks like."""
     if isinstance(a, str) and isinstance(b, str) and roots[0]:
         a, b = a.replace(roots[0], "<run>"), b.replace(roots[1], "<run>")
     if isinstance(a, float) and isinstance(b, float):
