@@ -117,6 +117,7 @@ def test_least_squares_with_r_in_the_decoder_is_exact_at_k_1():
     W_dec[17] = torch.randn(16)
     curve = dec.sparsity_curve(LinearSAE(W_dec), r, delta, [1, 2, 4, 8, 16])
     assert curve["top_delta"][0] > 0.05
+    # the slack only absorbs rounding: measured, each step lowers the error by at least 0.032 (one setting)
     assert all(b <= a + 1e-12 for a, b in zip(curve["omp"], curve["omp"][1:]))
     # measured: max 2.3e-31 over 5 settings (bound 1e-09, 4296211964629252308992x; scripts/tolerance_margins.py)
     assert_within("16 generic rows span R^16", abs((curve["omp"][-1]) - (0.0)), 1e-9)
@@ -231,6 +232,7 @@ def test_kissane_ranking_weights_delta_by_decoder_norm_and_adam_approaches_least
     assert dec.adam_relative_mse(atoms, target, iterations=5, lr=0.01) > exact + 0.05, "short runs stop short"
     curve = dec.sparsity_curve(sae, target, delta, [1, 2, 4], adam_iterations=200)
     assert curve["kissane_latents"][0] == 0 and len(curve["kissane_adam"]) == 3
+    # least squares is the optimum: measured, Adam (200 steps) stays at least 0.084 above it (one setting)
     assert all(a >= l - 1e-6 for a, l in zip(curve["kissane_adam"], curve["kissane_lstsq"]))
 
 
