@@ -50,9 +50,9 @@ def main(argv: list[str] | None = None) -> None:
     templates = {"no system turn": None}
     if cfg.system_prompt is not None:
         templates[f"preset (system_prompt={cfg.system_prompt!r})"] = cfg.system_prompt
-    spec, metric = grads.specificity_grid(model, saes, paraphrases(), source, args.layer, r_target, templates, "mean",
-                                          None, args.k, args.resamples, cfg.seed, cfg.forward_batch_size)
     requests = paraphrases()
+    spec, metric = grads.specificity_grid(model, saes, requests, source, args.layer, r_target, templates, "mean",
+                                          None, args.k, args.resamples, cfg.seed, cfg.forward_batch_size)
     kinds = [req.split("/")[0] for req, ws in requests.items() for _ in ws]
     rows = {}
     for key, v in spec.items():

@@ -158,25 +158,17 @@ def test_every_claim_holds_on_the_holding_numbers(tmp_path):
     assert {_find(held, s) for s in BREAKS} == set(judged), "every judged claim has a case that breaks it"
 
 
-@pytest.mark.parametrize("start", list(BREAKS))
-def test_each_claim_fails_alone_when_its_number_crosses_its_line(tmp_path, start):
+@pytest.mark.parametrize("start, move", [*BREAKS.items(), *OTHER_SIDES.items()],
+                         ids=[*BREAKS, *(f"{s} (other side)" for s in OTHER_SIDES)])
+def test_each_claim_fails_alone_when_its_number_crosses_its_line(tmp_path, start, move):
+    """Each claim's own number (either side of a two-sided claim) moved past its line breaks that claim only."""
     data = copy.deepcopy(HOLDING)
-    BREAKS[start](data)
+    move(data)
     held = _write(tmp_path, data)
     claim = _find(held, start)
     assert held[claim] is False, claim
     others = {c: h for c, h in held.items() if c != claim and h is not None}
     assert all(others.values()), f"breaking {claim!r} also broke {[c for c, h in others.items() if not h]}"
-
-
-@pytest.mark.parametrize("start", list(OTHER_SIDES))
-def test_a_two_sided_claim_fails_on_its_other_side_alone(tmp_path, start):
-    data = copy.deepcopy(HOLDING)
-    OTHER_SIDES[start](data)
-    held = _write(tmp_path, data)
-    claim = _find(held, start)
-    assert held[claim] is False, claim
-    assert all(h for c, h in held.items() if c != claim and h is not None)
 
 
 def test_a_control_whose_intervals_contain_zero_is_undecided(tmp_path):
