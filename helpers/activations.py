@@ -21,8 +21,9 @@ import hashlib
 import itertools
 import json
 import os
+import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -102,6 +103,30 @@ def cache_from_config(model: LoadedModel, cfg, corpus: str, split: str, **kwargs
                              context_size=s["context_size"], batch_windows=s["batch_windows"],
                              shard_tokens=cfg.cache_shard_tokens, split=split, source=s["source"], dtype=s["dtype"],
                              drop_first=s["drop_first"], outlier_factor=s["outlier_factor"], seed=s["seed"], **kwargs)
+
+
+def continue_cache(smaller: Path, folder: Path, n_tokens: int) -> bool:
+    """Start a cache of `n_tokens` in `folder` from the complete, smaller cache in `smaller` made with the same
+    settings otherwise: its shards are linked (copied where the file system has no links) and its manifest, retargeted
+    to `n_tokens` and marked incomplete, is written last. `cache_activations` then resumes after its windows, so the
+    result holds the tokens, in the order, that caching `n_tokens` from scratch would (shards cut elsewhere). Nothing
+    is done (False) when `folder` already has a manifest or `smaller` is incomplete or not smaller."""
+    smaller, folder = Path(smaller), Path(folder)
+    if (folder / MANIFEST).exists() or not (smaller / MANIFEST).exists():
+        return False
+    have = read_manifest(smaller)
+    if not have.complete or have.tokens >= n_tokens:
+        return False
+    folder.mkdir(parents=True, exist_ok=True)
+    for s in have.shards:
+        target = folder / s["file"]
+        target.unlink(missing_ok=True)  # a copy a killed run left half-written
+        try:
+            os.link(smaller / s["file"], target)
+        except OSError:
+            shutil.copyfile(smaller / s["file"], target)
+    atomic_write_json(folder / MANIFEST, asdict(replace(have, target_tokens=n_tokens, complete=False)))
+    return True
 
 
 def open_cache(cfg, model_name: str, corpus: str, split: str) -> "ActivationCache":
@@ -283,12 +308,35 @@ class ActivationCache:
         return self.manifest.tokens
 
     def shard(self, i: int) -> dict[str, torch.Tensor]:
-        path = self.folder / self.manifest.shards[i]["file"]
+        entry = self.manifest.shards[i]
+        path = self.folder / entry["file"]
         try:
-            return load_file(str(path))
+            data = load_file(str(path))
         except Exception as e:  # noqa: BLE001 - safetensors raises several types for a damaged file
             raise CacheError(f"Shard {path} cannot be read ({e}). Delete {self.folder} and rerun notebook 01 to "
                              "rebuild the cache.") from e
+        if len(data["token_ids"]) > entry["tokens"]:  # the last shard of a `head`
+            data = {k: v[:entry["tokens"]] for k, v in data.items()}
+        return data
+
+    def head(self, n_tokens: int) -> "ActivationCache":
+        """The first `n_tokens` kept tokens of this cache (whole shards, the last one cut) as a cache of its own: for
+        training on fewer unique tokens from one cache (the scale study's token axis). Its `n_tokens` differs, so
+        `saes.training_key` tells SAEs trained on different heads apart."""
+        import copy
+
+        if isinstance(n_tokens, bool) or not isinstance(n_tokens, int) or not 0 < n_tokens <= self.n_tokens:
+            raise ValueError(f"head: n_tokens must be an integer in [1, {self.n_tokens:,}] (the cache at {self.folder} "
+                             f"holds {self.n_tokens:,} tokens), got {n_tokens!r}; cache more tokens for a longer head.")
+        shards, left = [], n_tokens
+        for s in self.manifest.shards:
+            shards.append({**s, "tokens": min(s["tokens"], left)})
+            left -= shards[-1]["tokens"]
+            if not left:
+                break
+        view = copy.copy(self)
+        view.manifest = replace(self.manifest, shards=shards, tokens=n_tokens)
+        return view
 
     def load_all(self, max_tokens: int | None = None) -> dict[str, torch.Tensor]:
         """All `activations` (float32), `token_ids` and `positions`, up to `max_tokens`."""

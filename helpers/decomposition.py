@@ -545,19 +545,25 @@ def load_direction(run_dir) -> tuple[Tensor, dict, Tensor]:
 
 
 def sae_folders(run_dir, names: list[str] | None = None) -> dict:
-    """The saved SAE folders `runs/<preset>/saes/<name>/` (all of them, or `names`), by name."""
+    """The saved SAE folders `runs/<preset>/saes/<name>/` (all of them, or `names`), by name. A name may also be
+    one of the scale study's SAEs (`runs/<preset>/scale_study/saes/<point>_<corpus>/`, e.g. "w8192_u1600000_chat")."""
     from pathlib import Path
 
+    def saved(root: Path) -> dict:
+        return {p.name: p for p in sorted(root.glob("*")) if (p / "cfg.json").exists()} if root.is_dir() else {}
+
     root = Path(run_dir) / "saes"
-    found = {p.name: p for p in sorted(root.glob("*")) if (p / "cfg.json").exists()} if root.is_dir() else {}
+    found = saved(root)
     if not found:
         raise FileNotFoundError(f"No SAEs under {root}: run notebook 02 (02_train_saes) for this preset first.")
     if names is None:
         return found
-    unknown = [n for n in names if n not in found]
+    study = saved(Path(run_dir) / "scale_study" / "saes")
+    unknown = [n for n in names if n not in found and n not in study]
     if unknown:
-        raise FileNotFoundError(f"No SAE named {unknown} under {root}; there are {sorted(found)}.")
-    return {n: found[n] for n in names}
+        extra = f" (scale study: {sorted(study)})" if study else ""
+        raise FileNotFoundError(f"No SAE named {unknown} under {root}; there are {sorted(found)}{extra}.")
+    return {n: found.get(n) or study[n] for n in names}
 
 
 @torch.no_grad()

@@ -71,3 +71,15 @@ def gradient_latents_html(title: str, prompts: dict[str, str], tops: dict[str, d
                              f"<td>{html.escape(context_text(contexts.get(k, [])))}</td></tr>")
         parts.append("</table>")
     return "\n".join(parts) + "</body></html>"
+
+
+def markdown(df: pd.DataFrame, digits: int = 3) -> str:
+    """A DataFrame as a GitHub markdown table (its index left out; floats to `digits` decimals), for docs pages."""
+    def cell(v) -> str:
+        if v is None or (isinstance(v, float) and v != v):
+            return "–"  # missing, or not reached (a smallest k above the largest tried)
+        return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
