@@ -227,6 +227,20 @@ def specificity_grid(model: LoadedModel, saes: dict, requests: dict[str, list[st
     return out, metric
 
 
+def metric_by_kind(requests: dict[str, list[str]], metric: Tensor) -> dict[str, dict[str, float]]:
+    """Per kind of request ("<kind>/<request>" keys of `instructions.paraphrases()`): the mean refusal metric over
+    its wordings, the share above 0 (the model leans to refuse) and n, from one template's `metric` of
+    `specificity_grid` (wordings in the requests' order)."""
+    kinds = [req.split("/")[0] for req, ws in requests.items() for _ in ws]
+    if len(kinds) != len(metric):
+        raise ValueError(f"{len(metric)} metric values for {len(kinds)} wordings: pass specificity_grid's metric.")
+    out = {}
+    for kind in dict.fromkeys(kinds):
+        m = metric[torch.tensor([k == kind for k in kinds])]
+        out[kind] = {"mean": m.mean().item(), "positive_share": (m > 0).float().mean().item(), "n": len(m)}
+    return out
+
+
 def specificity_verdict(spec: dict) -> bool:
     """The post's reading holds when a request's top-k latents survive rewording better than they are shared
     with other requests (the difference's interval above 0) and most of them are its own (between below half

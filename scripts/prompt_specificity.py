@@ -53,7 +53,6 @@ def main(argv: list[str] | None = None) -> None:
     requests = paraphrases()
     spec, metric = grads.specificity_grid(model, saes, requests, source, args.layer, r_target, templates, "mean",
                                           None, args.k, args.resamples, cfg.seed, cfg.forward_batch_size)
-    kinds = [req.split("/")[0] for req, ws in requests.items() for _ in ws]
     rows = {}
     for key, v in spec.items():
         rows[" · ".join(key)] = v
@@ -62,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
 
         print(f"{' · '.join(key)}: within {ci(v['within'])}, between {ci(v['between'])}, difference "
               f"{ci(v['difference'])} -> prompt-specific: {grads.specificity_verdict(v)}")
-    refused = {t: {kind: float((m[[k == kind for k in kinds]] > 0).float().mean()) for kind in dict.fromkeys(kinds)}
+    refused = {t: {kind: v["positive_share"] for kind, v in grads.metric_by_kind(requests, m).items()}
                for t, m in metric.items()}
     print("share with refusal metric > 0, by kind:", refused)
     out = atomic_write_json(cfg.run_dir / "prompt_specificity.json", {

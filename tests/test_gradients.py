@@ -220,3 +220,18 @@ def test_instruction_positions_spell_the_instruction_with_and_without_a_system_t
         assert text.split()[0] not in view.tokenizer.decode(ids[outside]), "no instruction token left outside"
     with_system = grads.instruction_positions(replace(model, system_prompt="You are a helpful assistant."), text)
     assert with_system[0] > grads.instruction_positions(replace(model, system_prompt=None), text)[0]
+
+
+def test_metric_by_kind_groups_wordings_in_order():
+    import torch
+
+    from helpers.gradients import metric_by_kind
+
+    requests = {"lee/a": ["a1", "a2"], "harmful/b": ["b1"], "lee/c": ["c1"], "harmless/d": ["d1", "d2"]}
+    out = metric_by_kind(requests, torch.tensor([1.0, -3.0, 2.0, 5.0, -1.0, -2.0]))
+    assert list(out) == ["lee", "harmful", "harmless"]
+    assert out["lee"] == {"mean": 1.0, "positive_share": pytest.approx(2 / 3), "n": 3}
+    assert out["harmful"] == {"mean": 2.0, "positive_share": 1.0, "n": 1}
+    assert out["harmless"]["mean"] == -1.5 and out["harmless"]["positive_share"] == 0.0
+    with pytest.raises(ValueError, match="6 wordings"):
+        metric_by_kind(requests, torch.zeros(5))
