@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import time
+import uuid
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
@@ -45,13 +46,31 @@ class CacheError(RuntimeError):
     """A cache is missing, incomplete, or made for another model or hook."""
 
 
-def _versions() -> dict[str, str]:
+# The versions that decide what a cache holds: a cache made with others is cached again, not reused
+STALE_KEYS = ("torch", "transformers", "transformer_lens", "tokenizers", "python")
+
+
+def _versions(corpus: str | None = None, source: str = "offline") -> dict[str, str]:
+    """The library versions a cache is made with; for the offline webtext, whose documents include the
+    interpreter's own standard-library source, the Python version too."""
+    import platform
+
     import sae_lens
+    import tokenizers
     import transformer_lens
     import transformers
 
-    return {"torch": torch.__version__, "transformers": transformers.__version__,
-            "transformer_lens": getattr(transformer_lens, "__version__", "?"), "sae_lens": sae_lens.__version__}
+    out = {"torch": torch.__version__, "transformers": transformers.__version__,
+           "transformer_lens": getattr(transformer_lens, "__version__", "?"), "sae_lens": sae_lens.__version__,
+           "tokenizers": tokenizers.__version__}
+    if corpus is not None and corpus.startswith("webtext") and source == "offline":
+        out["python"] = platform.python_version()
+    return out
+
+
+def stale_versions(have: dict[str, str], want: dict[str, str]) -> dict[str, tuple[str, str]]:
+    """`{library: (cached with, now)}` for each of `STALE_KEYS` that differs (or was not recorded)."""
+    return {k: (have.get(k, "unrecorded"), want[k]) for k in STALE_KEYS if k in want and have.get(k) != want[k]}
 
 
 def hook_layer(hook_name: str, n_layers: int, model_name: str = "the model") -> int:
@@ -125,7 +144,8 @@ def continue_cache(smaller: Path, folder: Path, n_tokens: int) -> bool:
             os.link(smaller / s["file"], target)
         except OSError:
             shutil.copyfile(smaller / s["file"], target)
-    atomic_write_json(folder / MANIFEST, asdict(replace(have, target_tokens=n_tokens, complete=False)))
+    atomic_write_json(folder / MANIFEST, asdict(replace(have, target_tokens=n_tokens, complete=False,
+                                                        cache_id=uuid.uuid4().hex)))
     return True
 
 
@@ -160,6 +180,7 @@ class Manifest:
     complete: bool = False
     seconds: float = 0.0
     versions: dict = field(default_factory=_versions)
+    cache_id: str | None = None  # new for every cache made (None: made before ids), so SAEs trained on it know it
 
     def identity(self) -> dict:
         """The fields that must match for a cache to be resumed or reused."""
@@ -210,19 +231,24 @@ def cache_activations(model: LoadedModel, corpus: str, folder: Path, hook_name: 
                     d_model=model.d_model, context_size=context_size, dtype=dtype, target_tokens=n_tokens,
                     batch_windows=batch_windows, drop_first=drop_first, outlier_factor=outlier_factor,
                     system_prompt=model.system_prompt, seed=seed,
-                    separator_id=document_separator_id(model.tokenizer))
+                    separator_id=document_separator_id(model.tokenizer), versions=_versions(corpus, source),
+                    cache_id=uuid.uuid4().hex)
     folder.mkdir(parents=True, exist_ok=True)
+    manifest = want
     if (folder / MANIFEST).exists():
         have = read_manifest(folder)
         if have.identity() != want.identity():
             diff = {k: (v, want.identity()[k]) for k, v in have.identity().items() if v != want.identity()[k]}
             raise CacheError(f"{folder} holds a cache made with other settings {diff} (cached, requested). "
                              "Delete the folder or choose another one.")
-        if have.complete:
+        stale = stale_versions(have.versions, want.versions)
+        if stale:  # made with other libraries (or another Python, for the offline webtext): not reused
+            print(f"{folder}: made with {stale} (cached with, now); caching it again")
+            (folder / MANIFEST).unlink()  # listed shards become strays, removed below
+        elif have.complete:
             return have
-        manifest = have
-    else:
-        manifest = want
+        else:
+            manifest = have
     listed = {s["file"] for s in manifest.shards}
     for stray in folder.glob("shard_*"):
         if stray.name not in listed:  # a shard written after the last manifest update, or a temp file

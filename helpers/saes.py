@@ -337,15 +337,24 @@ def train_matched(caches: dict[str, ActivationCache], heldout: dict[str, Tensor]
     return saes, histories, {c: best[c][1] for c in caches}, log
 
 
+# Bump when a code change alters what training produces for the same key
+TRAINING_FORMAT = 2
+
+
 def training_key(sae_cfg: SAEConfig, cache, target_l0: float, tolerance: float, max_rounds: int, seed: int) -> dict:
-    """What decides a trained SAE: its configuration (the L1 coefficient as the search's start), the cache(s)
-    it reads (their folders encode the cache settings) and the L0 search. Equal keys: reuse the saved SAE."""
+    """What decides a trained SAE: its configuration (the L1 coefficient as the search's start), the cache(s) it
+    reads (their folders, named relative to the run folder: they encode the cache settings, so a moved clone reuses;
+    and each cache's id, new whenever a cache is made again), the tokens read, the L0 search, the versions of the
+    libraries that train (torch, sae_lens) and `TRAINING_FORMAT`. Equal keys: reuse the saved SAE."""
     from dataclasses import asdict
 
-    folders = cache.folder if isinstance(cache.folder, list) else [cache.folder]
-    return {"sae_config": asdict(sae_cfg), "caches": [str(Path(f).resolve()) for f in folders],
-            "cache_tokens": cache.n_tokens, "target_l0": target_l0, "tolerance": tolerance, "max_rounds": max_rounds,
-            "seed": seed}
+    import sae_lens
+
+    caches = getattr(cache, "caches", [cache])  # a MixedCache's parts, or the cache itself
+    return {"sae_config": asdict(sae_cfg), "caches": [f"{Path(c.folder).parent.name}/{Path(c.folder).name}" for c in caches],
+            "cache_ids": [c.manifest.cache_id for c in caches], "cache_tokens": cache.n_tokens,
+            "target_l0": target_l0, "tolerance": tolerance, "max_rounds": max_rounds, "seed": seed,
+            "versions": {"torch": torch.__version__, "sae_lens": sae_lens.__version__}, "format": TRAINING_FORMAT}
 
 
 def train_or_reuse(name: str, cache, heldout_tune: Tensor, sae_cfg: SAEConfig, folder: Path, target_l0: float,

@@ -143,3 +143,77 @@ def test_data_provider_yields_shuffled_batches(reference):
     again = cache.data_provider(128, seed=0)
     assert torch.equal(next(again), batches[0])
     assert not torch.equal(next(cache.data_provider(128, seed=1)), batches[0])
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from helpers.config import get_config
+    from helpers.models import load_from_config
+
+    return load_from_config(get_config("smoke"))
+
+
+TINY = dict(hook_name="blocks.13.hook_resid_pre", n_tokens=300, context_size=32, batch_windows=2, shard_tokens=100)
+
+
+def test_a_cache_made_with_other_versions_is_cached_again(tiny, tmp_path, monkeypatch, capsys):
+    """A library upgrade (or, for the offline webtext, a new Python: its documents include the interpreter's
+    standard-library source) makes a cache stale: notebook 01 caches it again instead of reusing it."""
+    from helpers import activations
+
+    for corpus, keys in (("webtext", ("tokenizers", "python", "transformers")), ("chat", ("tokenizers", "torch"))):
+        folder = tmp_path / corpus
+        first = cache_activations(tiny, corpus, folder, **TINY)
+        assert set(activations.STALE_KEYS) - {"python"} <= set(first.versions)
+        assert ("python" in first.versions) == (corpus == "webtext")
+        again = cache_activations(tiny, corpus, folder, **TINY)  # nothing changed: reused, the same cache
+        assert again.cache_id == first.cache_id and again.seconds == first.seconds
+        for key in keys:
+            real = activations._versions
+            monkeypatch.setattr(activations, "_versions", lambda *a, **k: {**real(*a, **k), key: "0.0-other"})
+            capsys.readouterr()
+            redone = cache_activations(tiny, corpus, folder, **TINY)
+            assert f"'{key}': (" in capsys.readouterr().out  # one line names what changed
+            assert redone.complete and redone.versions[key] == "0.0-other" and redone.cache_id != first.cache_id
+            assert sorted(p.name for p in folder.glob("shard_*")) == sorted(s["file"] for s in redone.shards)
+            monkeypatch.setattr(activations, "_versions", real)
+            first = cache_activations(tiny, corpus, folder, **TINY)  # and back: cached again
+    # a library that does not change activations (sae_lens) leaves the cache alone
+    kept = read_manifest(tmp_path / "chat")
+    real = activations._versions
+    monkeypatch.setattr(activations, "_versions", lambda *a, **k: {**real(*a, **k), "sae_lens": "0.0-other"})
+    assert cache_activations(tiny, "chat", tmp_path / "chat", **TINY).cache_id == kept.cache_id
+    monkeypatch.setattr(activations, "_versions", real)
+    # a manifest from before versions were recorded this fully is stale too
+    m = json.loads((tmp_path / "chat" / "manifest.json").read_text())
+    del m["versions"]["tokenizers"]
+    (tmp_path / "chat" / "manifest.json").write_text(json.dumps(m))
+    assert cache_activations(tiny, "chat", tmp_path / "chat", **TINY).cache_id != kept.cache_id
+
+
+def test_sae_reuse_key_follows_the_cache_not_the_clone_path(tiny, tmp_path, monkeypatch):
+    """An SAE is reused for the same cache wherever the clone lies (a moved clone reruns nothing), and retrained when
+    the cache was made again or the training libraries changed."""
+    import shutil
+
+    import sae_lens
+
+    from helpers import saes
+    from helpers.config import SAEConfig
+
+    cache_activations(tiny, "chat", tmp_path / "a" / "runs" / "chat" / "train-x", **TINY)
+    shutil.copytree(tmp_path / "a", tmp_path / "moved")
+    sae_cfg = SAEConfig(d_sae=32, training_tokens=256, train_batch_size_tokens=64, context_size=32)
+    key = saes.training_key(sae_cfg, ActivationCache(tmp_path / "a" / "runs" / "chat" / "train-x"), 40, 0.1, 1, 0)
+    moved = ActivationCache(tmp_path / "moved" / "runs" / "chat" / "train-x")
+    assert saes.training_key(sae_cfg, moved, 40, 0.1, 1, 0) == key
+    assert key["caches"] == ["chat/train-x"] and key["versions"]["sae_lens"] == sae_lens.__version__
+    monkeypatch.setattr(sae_lens, "__version__", "0.0-other")
+    assert saes.training_key(sae_cfg, moved, 40, 0.1, 1, 0) != key
+    monkeypatch.undo()
+    m = json.loads((tmp_path / "moved" / "runs" / "chat" / "train-x" / "manifest.json").read_text())
+    m["versions"]["torch"] = "0.0-other"
+    (tmp_path / "moved" / "runs" / "chat" / "train-x" / "manifest.json").write_text(json.dumps(m))
+    cache_activations(tiny, "chat", tmp_path / "moved" / "runs" / "chat" / "train-x", **TINY)  # made again
+    assert saes.training_key(sae_cfg, ActivationCache(tmp_path / "moved" / "runs" / "chat" / "train-x"),
+                             40, 0.1, 1, 0) != key
