@@ -54,15 +54,11 @@ def _versions(corpus: str | None = None, source: str = "offline") -> dict[str, s
     """The library versions a cache is made with; for the offline webtext, whose documents include the
     interpreter's own standard-library source, the Python version too."""
     import platform
+    from importlib.metadata import version
 
-    import sae_lens
-    import tokenizers
-    import transformer_lens
-    import transformers
-
-    out = {"torch": torch.__version__, "transformers": transformers.__version__,
-           "transformer_lens": getattr(transformer_lens, "__version__", "?"), "sae_lens": sae_lens.__version__,
-           "tokenizers": tokenizers.__version__}
+    out = {"torch": torch.__version__, "transformers": version("transformers"),
+           "transformer_lens": version("transformer-lens"), "sae_lens": version("sae-lens"),
+           "tokenizers": version("tokenizers")}
     if corpus is not None and corpus.startswith("webtext") and source == "offline":
         out["python"] = platform.python_version()
     return out
