@@ -137,7 +137,7 @@ def cross_entropy_table(model: LoadedModel, windows: list[list[int]], interventi
     for batch in batched(windows, batch_size):
         ids = torch.tensor(batch, device=model.device)
         out = model.hf.model(input_ids=ids, use_cache=False, output_hidden_states=True)
-        hidden, clean = out.hidden_states, next_token_losses(model.hf.lm_head(out.last_hidden_state), ids)
+        hidden, clean = out.hidden_states, next_token_losses(model.unembed(out.last_hidden_state), ids)
         del out
         for name, iv in interventions.items():
             start = _first_layer(iv, model.n_layers)
@@ -146,7 +146,7 @@ def cross_entropy_table(model: LoadedModel, windows: list[list[int]], interventi
             else:
                 with model.hooks(iv), layers_from(model.hf, start):
                     last = model.hf.model(inputs_embeds=hidden[start], use_cache=False).last_hidden_state
-                losses = next_token_losses(model.hf.lm_head(last), ids)
+                losses = next_token_losses(model.unembed(last), ids)
             per[name].append(losses.mean(-1).double().cpu())
             steps.update()
     steps.close()

@@ -207,7 +207,7 @@ def last_token_logits(model: LoadedModel, instructions: list[str], intervention:
         enc = model.tokenize_instructions([instructions[i] for i in batch])
         with model.hooks(intervention):
             hidden = model.hf.model(**enc, position_ids=position_ids(enc["attention_mask"])).last_hidden_state
-        logits = model.hf.lm_head(hidden[:, -1, :])  # only the last position: skips most of the unembedding
+        logits = model.unembed(hidden[:, -1, :])  # only the last position: skips most of the unembedding
         result[batch] = logits.float().cpu()
     return result
 
@@ -234,7 +234,7 @@ def cache_prompt_batches(model: LoadedModel, instructions: list[str], batch_size
         out = model.hf.model(**enc, position_ids=position_ids(enc["attention_mask"]), output_hidden_states=True)
         encodings.append(enc)
         hidden.append(tuple(h for h in out.hidden_states[: model.n_layers]))
-        logits[batch] = model.hf.lm_head(out.last_hidden_state[:, -1]).float().cpu()
+        logits[batch] = model.unembed(out.last_hidden_state[:, -1]).float().cpu()
     return PromptBatches(order=order, encodings=encodings, hidden=hidden, clean_logits=logits)
 
 
@@ -270,5 +270,5 @@ def last_token_logits_from_layer(model: LoadedModel, batches: PromptBatches, lay
         with model.hooks(intervention), layers_from(model.hf, layer):
             out = model.hf.model(inputs_embeds=hidden[layer], attention_mask=enc["attention_mask"],
                                  position_ids=position_ids(enc["attention_mask"]), use_cache=False)
-        result[batch] = model.hf.lm_head(out.last_hidden_state[:, -1]).float().cpu()
+        result[batch] = model.unembed(out.last_hidden_state[:, -1]).float().cpu()
     return result

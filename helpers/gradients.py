@@ -275,7 +275,7 @@ def steered_readout(model: LoadedModel, instruction: str, vectors: Tensor, layer
     iv = Intervention(edit=lambda x: x + v.to(x.dtype), edit_layer=layer)
     with model.hooks(iv):
         out = model.hf.model(**enc, position_ids=position_ids(enc["attention_mask"]), output_hidden_states=True)
-    logits = model.hf.lm_head(out.last_hidden_state[:, -1]).float()
+    logits = model.unembed(out.last_hidden_state[:, -1]).float()
     r_hat = (r_target / r_target.norm()).to(out.hidden_states[target_layer])
     return refusal_metric(logits, refusal_ids).float().cpu(), (out.hidden_states[target_layer][:, -1] @ r_hat).float().cpu()
 

@@ -10,6 +10,7 @@ whether it is called through the bridge or through Hugging Face (`model.hf`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import re
@@ -31,7 +32,12 @@ OFFLINE_GGUF_SIZE = 491_400_064
 OFFLINE_GGUF_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
 OFFLINE_GGUF_NAME = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
 
-CHATML_SYSTEM_TURN = re.compile(r"^<\|im_start\|>system\n.*?<\|im_end\|>\n", re.DOTALL)
+# The system turns chat templates insert when a conversation has none, by family: "no system turn" (both papers'
+# template) removes them. Templates that insert none (Gemma, Mistral) need nothing removed.
+DEFAULT_SYSTEM_TURNS = {
+    "ChatML (Qwen, SmolLM2)": re.compile(r"^<\|im_start\|>system\n.*?<\|im_end\|>\n", re.DOTALL),
+    "Llama 3": re.compile(r"^<\|start_header_id\|>system<\|end_header_id\|>\n\n.*?<\|eot_id\|>", re.DOTALL),
+}
 
 
 class ModelLoadError(RuntimeError):
@@ -141,6 +147,49 @@ def tiny_model_folder(cache_dir: Path = CACHE_DIR) -> Path:
     return atomic_write_dir(final, build)
 
 
+# Tiny random models of other families' architectures, for the tests: (transformers config class, extra settings,
+# chat template in data/chat_templates/). Names carry a version, like TINY_MODEL.
+TINY_FAMILIES = {
+    "tiny-random-llama-v1": ("LlamaConfig", {}, "llama3"),
+    "tiny-random-gemma2-v1": ("Gemma2Config", {"query_pre_attn_scalar": 16, "sliding_window": 32}, "gemma2"),
+    "tiny-random-gemma3-v1": ("Gemma3TextConfig", {"query_pre_attn_scalar": 16, "sliding_window": 32}, "gemma3"),
+    "tiny-random-mistral-v1": ("MistralConfig", {"sliding_window": None}, "mistral"),
+}
+
+
+def tiny_family_folder(name: str, cache_dir: Path = CACHE_DIR) -> Path:
+    """A tiny random model of another family's architecture (`TINY_FAMILIES`): 18 layers of width 64 like the smoke
+    preset's Qwen2, with the offline model's tokenizer under its family's chat template (data/chat_templates/) and
+    `<|endoftext|>` as BOS, as those families' tokenizers have one. Mechanics only; built once and cached."""
+    import transformers
+    from transformers import AutoTokenizer
+
+    from helpers.instructions import DATA_ROOT
+
+    if name not in TINY_FAMILIES:
+        raise ModelLoadError(f"Unknown tiny model {name!r}; valid: {sorted(TINY_FAMILIES)}.")
+    config_class, extra, template = TINY_FAMILIES[name]
+    final = cache_dir / f"{name}-hf"
+
+    def build(tmp: Path, n_layers: int = 18) -> None:
+        source = convert_gguf(assemble_offline_gguf(cache_dir), cache_dir)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        config = getattr(transformers, config_class)(
+            vocab_size=len(tokenizer), hidden_size=64, intermediate_size=256, num_hidden_layers=n_layers,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=2048,
+            initializer_range=0.1, tie_word_embeddings=True, bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **extra)
+        config._name_or_path = name
+        tokenizer.bos_token = "<|endoftext|>"
+        tokenizer.chat_template = (DATA_ROOT / "chat_templates" / f"{template}.jinja").read_text()
+        torch.manual_seed(0)
+        model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    return atomic_write_dir(final, build)
+
+
 def save_random_model(folder: Path, config, tokenizer_source: Path, device: str = "cpu") -> None:
     """Save a causal LM of `config`'s shapes with seeded random fp32 weights, and `tokenizer_source`'s tokenizer (chat
     template included), as a Hugging Face folder: the smoke preset's model and scripts/check_gpu.py's stand-in."""
@@ -159,6 +208,8 @@ def resolve_model_source(name: str) -> tuple[str, Path | None]:
         return OFFLINE_MODEL, convert_gguf(assemble_offline_gguf())
     if name == TINY_MODEL:
         return TINY_MODEL, tiny_model_folder()
+    if name in TINY_FAMILIES:
+        return name, tiny_family_folder(name)
     path = Path(name).expanduser()
     if path.is_file() and path.suffix == ".gguf":
         return path.stem, convert_gguf(path)
@@ -237,6 +288,13 @@ class LoadedModel:
     def device(self) -> torch.device:
         return next(self.tl.parameters()).device
 
+    def unembed(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits from the model's final hidden states (after its last norm), as its own forward pass computes them:
+        `lm_head`, then the final logit soft-capping of the families that have one (Gemma 2)."""
+        logits = self.hf.lm_head(hidden)
+        cap = getattr(self.hf.config, "final_logit_softcapping", None)
+        return torch.tanh(logits / cap) * cap if cap else logits
+
     def hooks(self, intervention) -> contextlib.AbstractContextManager:
         """`with model.hooks(intervention):` every forward pass inside (bridge or `model.hf`, including
         `model.hf.generate`) runs with the intervention (`helpers.hooks.Intervention`)."""
@@ -262,14 +320,31 @@ class LoadedModel:
         has_system = bool(messages) and messages[0]["role"] == "system"
         if self.system_prompt not in (None, "default") and not has_system:
             messages.insert(0, {"role": "system", "content": self.system_prompt})
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False,
-                                                  add_generation_prompt=add_generation_prompt)
-        if self.system_prompt is None and not has_system:
-            text = CHATML_SYSTEM_TURN.sub("", text, count=1)
-        if self.tokenizer.bos_token and text.startswith(self.tokenizer.bos_token):
-            # The tokenizer adds BOS itself where the model uses one; keep one, not two.
+        try:
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False,
+                                                      add_generation_prompt=add_generation_prompt)
+        except Exception as e:  # noqa: BLE001 - jinja's TemplateError, raised by the template itself
+            if any(m["role"] == "system" for m in messages) and "system" in str(e).lower():
+                raise ValueError(f"{self.name}'s chat template has no system role ({e}): use system_prompt=None "
+                                 "(no system turn) or 'default'.") from e
+            raise
+        if self.tokenizer.bos_token and text.startswith(self.tokenizer.bos_token) and self._adds_bos:
+            # The tokenizer adds BOS itself (Llama's, Gemma's): keep one, not two.
             text = text[len(self.tokenizer.bos_token):]
+        if self.system_prompt is None and not has_system:  # the turn follows the BOS the template may write
+            bos = self.tokenizer.bos_token if self.tokenizer.bos_token and text.startswith(self.tokenizer.bos_token) else ""
+            for pattern in DEFAULT_SYSTEM_TURNS.values():
+                body, n = pattern.subn("", text[len(bos):], count=1)
+                if n:
+                    text = bos + body
+                    break
         return text
+
+    @functools.cached_property
+    def _adds_bos(self) -> bool:
+        """Whether tokenizing adds the BOS token by itself."""
+        ids = self.tokenizer("a", add_special_tokens=True)["input_ids"]
+        return bool(ids) and ids[0] == self.tokenizer.bos_token_id
 
     def format_chat(self, instruction: str, response: str = "") -> str:
         """The prompt for one user instruction, ending where the assistant's reply begins (plus `response`)."""
@@ -346,8 +421,13 @@ def load_model(name: str = OFFLINE_MODEL, device: str = "cpu", dtype: str = "flo
                                                  dtype=torch_dtype)
     bridge.eval()
     bridge.cfg.model_name = display
-    return LoadedModel(name=display, tl=bridge, tokenizer=tokenizer, system_prompt=system_prompt,
-                       load_seconds=time.perf_counter() - start)
+    loaded = LoadedModel(name=display, tl=bridge, tokenizer=tokenizer, system_prompt=system_prompt,
+                         load_seconds=time.perf_counter() - start)
+    if tokenizer.chat_template is None:
+        raise ModelLoadError(f"{display} has no chat template (a base model?): the notebooks need a chat model's "
+                             "template; pass an instruction-tuned model, or set tokenizer.chat_template in its folder.")
+    loaded.format_chat("x")  # a template that cannot render this system prompt (Gemma 2 has no system role) fails now
+    return loaded
 
 
 def load_from_config(cfg) -> LoadedModel:

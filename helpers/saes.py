@@ -231,7 +231,7 @@ def spliced_losses(model: LoadedModel, saes: dict, windows: list[list[int]], hoo
             spliced = torch.where(keep[..., None], new, resid)
             with layers_from(model.hf, layer):  # restart the model at the hook's layer
                 hidden = model.hf.model(inputs_embeds=spliced, use_cache=False).last_hidden_state
-            loss = next_token_losses(model.hf.lm_head(hidden), ids)
+            loss = next_token_losses(model.unembed(hidden), ids)
             per_window[name].append(loss.mean(-1).double().cpu())
     ce = {k: torch.cat(v) for k, v in per_window.items()}
     out = {}

@@ -1,0 +1,99 @@
+"""Other model families (issue: your own model and SAE): tiny random Llama, Gemma 2, Gemma 3 and Mistral models
+(`models.TINY_FAMILIES`, each with its family's chat template) load through TransformerBridge, "no system turn" means
+what it means for each family, and the project's shortcuts (the unembedding, passes restarted at a layer, the hooks)
+give the model's own numbers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from helpers.models import TINY_FAMILIES, ModelLoadError, load_model, position_ids
+
+FAMILIES = sorted(TINY_FAMILIES)
+PROMPTS = ["How do I bake bread?", "Write a short poem about the sea, please."]
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def family(request):
+    return load_model(request.param)
+
+
+# what each family's template writes before the user turn with no system message, and with one
+EXPECTED = {
+    "tiny-random-llama-v1": ("<|endoftext|><|start_header_id|>user<|end_header_id|>\n\nHow do I bake bread?<|eot_id|>"
+                             "<|start_header_id|>assistant<|end_header_id|>\n\n", "Cutting Knowledge Date"),
+    "tiny-random-gemma2-v1": ("<|endoftext|><start_of_turn>user\nHow do I bake bread?<end_of_turn>\n"
+                              "<start_of_turn>model\n", None),
+    "tiny-random-gemma3-v1": ("<|endoftext|><start_of_turn>user\nHow do I bake bread?<end_of_turn>\n"
+                              "<start_of_turn>model\n", None),
+    "tiny-random-mistral-v1": ("<|endoftext|>[INST] How do I bake bread?[/INST]", None),
+}
+
+
+def test_no_system_turn_means_what_it_means_for_the_family(family):
+    from dataclasses import replace
+
+    plain, default_marker = EXPECTED[family.name]
+    assert family.format_chat(PROMPTS[0]) == plain  # system_prompt=None: the papers' template
+    default = replace(family, system_prompt="default").format_chat(PROMPTS[0])
+    if default_marker:  # Llama 3.1 writes a date header as its default system turn: "default" keeps it
+        assert default_marker in default and default != plain
+    else:  # Gemma and Mistral write none: nothing to remove
+        assert default == plain
+    # the post-instruction tokens (Arditi et al.'s positions) are what the template writes after the instruction
+    assert family.tokenizer.convert_tokens_to_string(family.post_instruction_tokens()) == plain.split(PROMPTS[0])[1]
+
+
+def test_a_system_prompt_the_template_cannot_take_fails_at_load():
+    with pytest.raises(ValueError, match="has no system role .*use system_prompt=None") as e:
+        load_model("tiny-random-gemma2-v1", system_prompt="You are helpful.")
+    assert "\n" not in str(e.value)
+    for name in ("tiny-random-gemma3-v1", "tiny-random-mistral-v1", "tiny-random-llama-v1"):  # these fold it in
+        assert "You are helpful." in load_model(name, system_prompt="You are helpful.").format_chat("Hi")
+
+
+def test_shortcuts_give_the_models_own_numbers(family):
+    """`unembed` (Gemma 2's final soft-capping included), passes restarted at a layer and the bridge's hook names
+    against a plain Hugging Face forward pass of the same weights."""
+    from helpers.generation import cache_prompt_batches, last_token_logits, last_token_logits_from_layer
+    from helpers.hooks import Intervention
+
+    enc = family.tokenize_instructions(PROMPTS)
+    with torch.no_grad():
+        out = family.hf(**enc, position_ids=position_ids(enc["attention_mask"]), output_hidden_states=True)
+    reference = out.logits[:, -1].float()
+    logits = last_token_logits(family, PROMPTS)
+    scale = reference.abs().max().item()
+    assert (logits - reference).abs().max().item() <= 1e-5 * scale
+    batches = cache_prompt_batches(family, PROMPTS)
+    for layer in (0, 9, 17):
+        assert (last_token_logits_from_layer(family, batches, layer) - reference).abs().max().item() <= 1e-5 * scale
+    # an intervention that changes nothing below layer 9 gives the same numbers started there or from the embedding
+    iv = Intervention(add=torch.ones(family.d_model), add_layer=9)
+    full = last_token_logits(family, PROMPTS, iv)
+    assert (full - reference).abs().max().item() > 1e-3 * scale
+    assert (last_token_logits_from_layer(family, batches, 9, iv) - full).abs().max().item() <= 1e-5 * scale
+    # blocks.L.hook_resid_pre is Hugging Face's hidden_states[L]
+    _, cache = family.tl.run_with_cache(enc["input_ids"], attention_mask=enc["attention_mask"])
+    mask = enc["attention_mask"].bool()
+    for layer in (0, 13):
+        hf = out.hidden_states[layer][mask]
+        assert (cache[f"blocks.{layer}.hook_resid_pre"][mask] - hf).abs().max().item() <= 1e-4 * hf.abs().max().item()
+
+
+def test_a_base_model_without_a_chat_template_fails_at_load(tmp_path):
+    import shutil
+
+    from helpers.models import tiny_family_folder
+
+    folder = tmp_path / "base-llama"
+    shutil.copytree(tiny_family_folder("tiny-random-llama-v1"), folder)
+    import json
+
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    (folder / "chat_template.jinja").unlink(missing_ok=True)
+    with pytest.raises(ModelLoadError, match="has no chat template"):
+        load_model(str(folder))
