@@ -15,6 +15,7 @@ conversion is tested on a fixture written in the older layout (tests/test_pretra
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -164,3 +165,40 @@ def install(name: str, run_dir: str | Path, download_dir: str | Path, device: st
         "norm_scaling_factor": art.norm_scaling_factor, "log": [], "history": [],
         "sae_config": {"l1_coefficient": 3.0, "d_sae": sae.cfg.d_sae, "training_tokens": 409_600_000}})
     return folder
+
+
+MIRROR_ENV_VAR = "REFUSAL_SAE_MIRROR"
+
+
+def registry_sae(release: str, sae_id: str, device: str = "cpu", mirror: str | Path | None = None):
+    """An SAE from sae_lens' registry (`pretrained_saes.yaml`: a release such as "gemma-scope-2b-pt-res-canonical"
+    or "llama-3.1-8b-instruct-andyrdt", and an SAE id), loaded by sae_lens' own code. With `mirror` (or
+    $REFUSAL_SAE_MIRROR) only the download is replaced: each file sae_lens asks the hub for is read from
+    `<mirror>/<repo_id>/<file>` (offline, a copy made earlier with `huggingface-cli download`, or the tests' fixture)."""
+    from unittest import mock
+
+    from sae_lens import SAE
+    from sae_lens.loading import pretrained_sae_loaders as loaders
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    directory = get_pretrained_saes_directory()
+    if release not in directory:
+        raise ValueError(f"{release!r} is not a release in sae_lens' registry (sae_lens.loading.pretrained_saes_directory"
+                         f"); e.g. {sorted(directory)[:3]}.")
+    if sae_id not in directory[release].saes_map:
+        ids = sorted(directory[release].saes_map)
+        raise ValueError(f"{sae_id!r} is not an SAE of {release!r}; it has {len(ids)}, e.g. {ids[:3]}.")
+    mirror = mirror or os.environ.get(MIRROR_ENV_VAR)
+    if mirror is None:
+        return SAE.from_pretrained(release, sae_id, device=device)
+    root = Path(mirror)
+
+    def local(repo_id: str, filename: str, **_) -> str:
+        path = root / repo_id / filename
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is not in the SAE mirror {root}: download {repo_id}'s {filename} there "
+                                    f"(huggingface-cli download {repo_id} {filename} --local-dir {root / repo_id}).")
+        return str(path)
+
+    with mock.patch.object(loaders, "hf_hub_download", local):
+        return SAE.from_pretrained(release, sae_id, device=device)

@@ -159,14 +159,33 @@ def load_sae(source: str | Path, model: LoadedModel | None = None, hook_name: st
     else:
         if sae_id is None:
             raise ValueError(f"{source!r} is not a folder; for a pretrained release also pass sae_id=...")
-        sae = SAE.from_pretrained(str(source), sae_id, device=device)
+        sae = pretrained.registry_sae(str(source), sae_id, device=device)  # $REFUSAL_SAE_MIRROR: a local copy
     return _checked(sae, source, model, hook_name)
 
 
+def residual_hook(hook_name: str, n_layers: int | None = None) -> str:
+    """The `blocks.L.hook_resid_pre` whose activations an SAE's hook reads: itself, or for `blocks.L.hook_resid_post`
+    (Gemma Scope's and andyrdt's residual SAEs) the same tensor, `blocks.{L+1}.hook_resid_pre`. Other hooks are an
+    error: the notebooks read the residual stream."""
+    import re
+
+    m = re.fullmatch(r"blocks\.(\d+)\.hook_resid_(pre|post)", hook_name or "")
+    if m is None:
+        raise SAEMismatchError(f"The SAE reads {hook_name!r}; the notebooks need a residual-stream SAE "
+                               "(blocks.L.hook_resid_pre or blocks.L.hook_resid_post).")
+    layer = int(m.group(1)) + (m.group(2) == "post")
+    if n_layers is not None and layer >= n_layers:
+        raise SAEMismatchError(f"The SAE reads {hook_name!r}, past the last layer's input (the model has {n_layers} "
+                               "layers): pick an SAE of an earlier layer.")
+    return f"blocks.{layer}.hook_resid_pre"
+
+
 def _checked(sae, source, model: LoadedModel | None, hook_name: str | None):
-    sae_hook = sae.cfg.metadata.hook_name
+    sae_hook = residual_hook(sae.cfg.metadata.hook_name, model.n_layers if model is not None else None)
     if hook_name is not None and sae_hook != hook_name:
-        raise SAEMismatchError(f"SAE {source} was trained on {sae_hook!r}, not {hook_name!r}.")
+        named = sae.cfg.metadata.hook_name
+        raise SAEMismatchError(f"SAE {source} was trained on {named!r}" + (f" (= {sae_hook!r})" if named != sae_hook
+                                                                             else "") + f", not {hook_name!r}.")
     if model is not None and sae.cfg.d_in != model.d_model:
         raise SAEMismatchError(f"SAE {source} has d_in={sae.cfg.d_in} but {model.name} has d_model={model.d_model}.")
     return sae

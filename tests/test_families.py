@@ -97,3 +97,57 @@ def test_a_base_model_without_a_chat_template_fails_at_load(tmp_path):
     (folder / "chat_template.jinja").unlink(missing_ok=True)
     with pytest.raises(ModelLoadError, match="has no chat template"):
         load_model(str(folder))
+
+
+def _andyrdt_mirror(root, layer: int, d_in: int = 64, d_sae: int = 128):
+    """A local copy of one of andyrdt's SAEs in its repository's layout (dictionary_learning's `config.json` and
+    `ae.pt`), random weights of the tiny models' width: what `huggingface-cli download` would leave in a mirror."""
+    import json
+
+    folder = root / "andyrdt" / "saes-llama-3.1-8b-instruct" / f"resid_post_layer_{layer}" / "trainer_1"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({
+        "trainer": {"layer": layer, "activation_dim": d_in, "dict_size": d_sae, "k": 8, "dict_class": "BatchTopKSAE",
+                    "lm_name": "meta-llama/Llama-3.1-8B-Instruct"}, "buffer": {"ctx_len": 128}}))
+    g = torch.Generator().manual_seed(layer)
+    torch.save({"encoder.weight": torch.randn(d_sae, d_in, generator=g), "encoder.bias": torch.zeros(d_sae),
+                "decoder.weight": torch.randn(d_in, d_sae, generator=g), "b_dec": torch.zeros(d_in),
+                "threshold": torch.tensor(0.5), "k": torch.tensor(8)}, folder / "ae.pt")
+    return root
+
+
+def test_a_registry_sae_resolves_offline_and_maps_onto_the_model(tmp_path, monkeypatch):
+    """sae_lens' own registry entry and loader for andyrdt's Llama-3.1-8B-Instruct SAEs, with only the download
+    replaced by a local mirror; its hook (resid_post of layer 3) is the tiny Llama's blocks.4.hook_resid_pre."""
+    from helpers import pretrained
+    from helpers.saes import SAEMismatchError, load_sae
+
+    model = load_model("tiny-random-llama-v1")
+    release = "llama-3.1-8b-instruct-andyrdt"
+    monkeypatch.setenv(pretrained.MIRROR_ENV_VAR, str(_andyrdt_mirror(tmp_path / "mirror", 3)))
+    sae = load_sae(release, model, "blocks.4.hook_resid_pre", sae_id="resid_post_layer_3_trainer_1")
+    assert sae.cfg.metadata.hook_name == "blocks.3.hook_resid_post" and sae.cfg.d_sae == 128
+    raw = torch.load(tmp_path / "mirror/andyrdt/saes-llama-3.1-8b-instruct/resid_post_layer_3/trainer_1/ae.pt")
+    assert torch.equal(sae.W_dec.detach(), raw["decoder.weight"].T)  # sae_lens' loader read the mirror's file
+    with pytest.raises(SAEMismatchError, match=r"blocks.3.hook_resid_post' \(= 'blocks.4.hook_resid_pre'\), not"):
+        load_sae(release, model, "blocks.13.hook_resid_pre", sae_id="resid_post_layer_3_trainer_1")
+    # an id the registry lacks, a file the mirror lacks, an SAE of another width: one line each, naming the fix
+    with pytest.raises(ValueError, match="is not an SAE of"):
+        load_sae(release, model, sae_id="resid_post_layer_4_trainer_1")
+    with pytest.raises(FileNotFoundError, match="huggingface-cli download"):
+        load_sae(release, model, sae_id="resid_post_layer_7_trainer_1")
+    monkeypatch.setenv(pretrained.MIRROR_ENV_VAR, str(_andyrdt_mirror(tmp_path / "wide", 7, d_in=96)))
+    with pytest.raises(SAEMismatchError, match="d_in=96 but"):
+        load_sae(release, model, sae_id="resid_post_layer_7_trainer_1")
+
+
+def test_residual_hooks_map_onto_resid_pre():
+    from helpers.saes import SAEMismatchError, residual_hook
+
+    assert residual_hook("blocks.13.hook_resid_pre", 24) == "blocks.13.hook_resid_pre"
+    assert residual_hook("blocks.12.hook_resid_post", 26) == "blocks.13.hook_resid_pre"
+    with pytest.raises(SAEMismatchError, match="past the last layer's input"):
+        residual_hook("blocks.25.hook_resid_post", 26)
+    for bad in ("blocks.3.hook_mlp_out", "blocks.3.attn.hook_z", "", None):
+        with pytest.raises(SAEMismatchError, match="residual-stream SAE"):
+            residual_hook(bad, 26)
