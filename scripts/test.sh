@@ -12,4 +12,4 @@ export MKL_CBWR=AUTO
 export REFUSAL_PRESET=smoke HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error WANDB_MODE=disabled
 rm -rf runs/smoke  # smoke outputs are disposable; notebook 02 reads the caches notebook 01 writes in this run
 # Notebooks first (in smoke mode under nbmake), so that the browser test opens the smoke run's report.
-python -m pytest -q --nbmake notebooks tests --nbmake-timeout=900 -p no:cacheprovider "$@"
+python -m pytest -q --nbmake notebooks tests --nbmake-timeout=900 -p no:cacheprovider --durations=25 "$@"

@@ -113,8 +113,8 @@ def test_head_and_continue_cache(tmp_path, monkeypatch):
             longer.head(bad)
 
 
-STUDY = ["--preset", "smoke", "--widths", "32", "64", "--tokens", "2048", "6144", "--base-width", "32",
-         "--behaviour", "w64_u6144", "--prompts", "ours", "--n-prompts", "4", "--resamples", "20"]
+STUDY = ["--preset", "smoke", "--widths", "32", "64", "--tokens", "2048", "4096", "--base-width", "32",
+         "--behaviour", "w64_u4096", "--prompts", "ours", "--n-prompts", "4", "--resamples", "20"]
 
 
 def _fake_direction(runs: Path) -> None:
@@ -162,7 +162,7 @@ def test_study_resumes_after_kill_and_matches_l0(tmp_path):
     out, _ = job.communicate(timeout=600)
     assert job.returncode == 0, out[-3000:]
     expected = _results(clean)
-    assert set(expected) == {"w32_u2048", "w32_u6144", "w64_u6144"}
+    assert set(expected) == {"w32_u2048", "w32_u4096", "w64_u4096"}
     study = clean / "smoke" / "scale_study"
     for f in ("table.md", "table.csv", "trends.json", "cost.json"):
         assert (study / f).is_file(), f
@@ -183,15 +183,15 @@ def test_study_resumes_after_kill_and_matches_l0(tmp_path):
                 up = runs_[0]["l0"] > cfg.target_l0
                 assert (runs_[1]["l1_coefficient"] > runs_[0]["l1_coefficient"]) == up
             assert res["training"][c]["l1_coefficient"] == kept[0]["l1_coefficient"]
-    assert expected["w32_u6144"]["training"]["chat"]["start"] == expected["w32_u2048"]["training"]["chat"]["l1_coefficient"]
+    assert expected["w32_u4096"]["training"]["chat"]["start"] == expected["w32_u2048"]["training"]["chat"]["l1_coefficient"]
     # the behavioural claims at the point asked for only: the top latent by decoder cosine with the protocol's r
     # ablated beside "none" and "ablate r" (generated once, baseline.json), and the prompt specificity per SAE
-    behaviour = expected["w64_u6144"]["behaviour"]
+    behaviour = expected["w64_u4096"]["behaviour"]
     assert "behaviour" not in expected["w32_u2048"] and (study / "baseline.json").is_file()
     assert set(behaviour["bypass"]) == {"none", "ablate r", "ablate webtext top latent", "ablate chat top latent"}
     assert all(v["substring"]["n"] == cfg.n_test == behaviour["n"] for v in behaviour["bypass"].values())
     assert {k.split(" · ")[0] for k in behaviour["specificity"]} == {"webtext", "chat"}
-    top = expected["w64_u6144"]["protocol"]["max_decoder_cosine"]
+    top = expected["w64_u4096"]["protocol"]["max_decoder_cosine"]
     assert behaviour["top_latent"] == {c: top[c]["latent"] for c in ("webtext", "chat")}
     # killed in the second point's training (SAE batches of the first point: 2 SAEs x up to 2 rounds x 16), then rerun
     job = _study(killed, pause="sae_batch:90")
