@@ -134,6 +134,10 @@ class Config:
     # Notebook 02 installs Kissane et al.'s released SAEs (helpers.pretrained) for the names they released
     # (chat, webtext_chat, base_chat, base_webtext_chat) instead of training them; the rest it trains
     pretrained_saes: bool = False
+    # Your own SAEs for notebooks 04-06 instead of notebook 02's: each a saved SAE folder, "kissane:<name>" or a sae_lens
+    # registry pair (release, sae_id), e.g. ("gemma-scope-2b-pt-res-canonical", "layer_12/width_16k/canonical"); they
+    # must read sae_hook (a resid_post L SAE reads blocks.{L+1}.hook_resid_pre: `saes.open_saes` checks)
+    saes: tuple = ()
     # Notebook 02's extra SAEs beside the per-corpus pair: "mixture" (50/50 webtext + chat) and "topk" (per corpus)
     extra_saes: tuple[str, ...] = ("mixture", "topk")
     # Starting L1 coefficient per corpus for the L0 search (others start at sae.l1_coefficient)
@@ -172,6 +176,9 @@ class Config:
                             f"a non-empty tuple of corpus names from {list(CORPUS_NAMES)}, e.g. ('webtext', 'chat')"),
             "base_model": ((str, type(None)), lambda v: v is None or bool(v.strip()), "None or a model name or path"),
             "pretrained_saes": ((bool,), None, "True or False"),
+            "saes": ((tuple, list), lambda v: all(isinstance(x, str) and x.strip() or isinstance(x, (tuple, list))
+                                                  and len(x) == 2 and all(isinstance(y, str) for y in x) for x in v),
+                     "a tuple of SAE sources: folders, 'kissane:<name>' or (release, sae_id) pairs"),
             "extra_saes": ((tuple, list), lambda v: all(x in ("mixture", "topk") for x in v),
                            "a tuple from ('mixture', 'topk'), or () for the per-corpus SAEs alone"),
             "l1_start": ((tuple, list), lambda v: all(len(x) == 2 and x[0] in CORPUS_NAMES and x[1] > 0 for x in v),
@@ -410,11 +417,48 @@ MECHANICS_ONLY_PRESETS = ("smoke", "quick")
 TEACHING_PRESETS = ("teach", "quick")
 
 
+def config_from_file(path: str | Path) -> Config:
+    """A configuration written as JSON: `{"base": "<preset>", "preset": "<name for runs/<name>/>", ...fields}`, e.g.
+    your own model and SAEs (`configs/` holds examples). Lists become tuples; `"sae": {...}` is an SAEConfig."""
+    import json
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"Cannot read the configuration {path}: {e}") from None
+    if not isinstance(data, dict) or "base" not in data or "preset" not in data:
+        raise ConfigError(f"{path} must hold a JSON object with 'base' (a preset to start from, one of "
+                          f"{sorted(PRESETS)}) and 'preset' (the name its runs/ folder gets).")
+    base = data.pop("base")
+    if base not in PRESETS:
+        raise ConfigError(f"{path}: base={base!r} is not a preset; valid: {sorted(PRESETS)}.")
+    if data["preset"] in PRESETS:
+        raise ConfigError(f"{path}: preset={data['preset']!r} is a built-in preset's name; choose another, so that "
+                          "its runs/ folder is its own.")
+
+    def tuples(v):
+        return tuple(tuples(x) for x in v) if isinstance(v, list) else v
+
+    fields = {k: tuples(v) for k, v in data.items()}
+    try:
+        if isinstance(fields.get("sae"), dict):
+            fields["sae"] = dataclasses.replace(PRESETS[base].sae, **fields["sae"])
+        return PRESETS[base].replace(**fields)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
 def get_config(preset: str | None = None, **overrides) -> Config:
-    """The named preset (default: $REFUSAL_PRESET or "offline"), with optional overrides."""
+    """The named preset (default: $REFUSAL_PRESET or "offline"), or a configuration file (`config_from_file`: a path
+    ending in .json), with optional overrides."""
     name = preset or os.environ.get("REFUSAL_PRESET", "offline")
+    if str(name).endswith(".json"):
+        cfg = config_from_file(name)
+        return cfg.replace(**overrides) if overrides else cfg
     if name not in PRESETS:
-        raise ValueError(f"Unknown preset {name!r}; valid presets: {sorted(PRESETS)}")
+        raise ValueError(f"Unknown preset {name!r}; valid presets: {sorted(PRESETS)}, or a configuration file "
+                         "(a path ending in .json: helpers.config.config_from_file)")
     cfg = PRESETS[name]
     if name in TEACHING_PRESETS and "device" not in overrides:  # a class on Colab: the same sizes, on the GPU when there is one
         import torch

@@ -191,6 +191,40 @@ def _checked(sae, source, model: LoadedModel | None, hook_name: str | None):
     return sae
 
 
+def sae_label(source) -> str:
+    """The name an SAE source goes by in tables: a folder's name, "kissane:<name>"'s name, a registry id with "/"
+    replaced by "_"."""
+    if isinstance(source, (tuple, list)):
+        return str(source[1]).replace("/", "_")
+    text = str(source)
+    return text.split(":", 1)[1] if text.startswith("kissane:") else Path(text).name
+
+
+def open_saes(cfg, model: LoadedModel, names: list[str] | None = None, run_dir: Path | None = None) -> dict:
+    """The SAEs notebooks 04-06 read, by name: the configuration's own (`cfg.saes`: folders, "kissane:<name>" or
+    registry pairs, each checked against the model's width and `cfg.sae_hook`), else the ones notebook 02 saved under
+    runs/<preset>/saes/ (all, or `names`; the scale study's by name too). A bad source or a mismatch fails before
+    any work, in one line naming what to change."""
+    from helpers.decomposition import sae_folders
+
+    if not cfg.saes:
+        return {n: load_sae(p, model, cfg.sae_hook) for n, p in sae_folders(run_dir or cfg.run_dir, names).items()}
+    labels = {sae_label(s): s for s in cfg.saes}
+    unknown = [n for n in names or [] if n not in labels]
+    if unknown:
+        raise FileNotFoundError(f"No configured SAE named {unknown}; the configuration's SAEs are {sorted(labels)}.")
+    out = {}
+    for name, source in labels.items():
+        if names is None or name in names:
+            src, sae_id = (source[0], source[1]) if isinstance(source, (tuple, list)) else (source, None)
+            try:
+                out[name] = load_sae(src, model, cfg.sae_hook, sae_id=sae_id)
+            except SAEMismatchError as e:
+                raise SAEMismatchError(f"{e} Set sae_hook in the configuration to the hook the SAE reads "
+                                       "(and rerun notebook 01 for it).") from None
+    return out
+
+
 @dataclass
 class ReconstructionStats:
     l0: float

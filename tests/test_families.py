@@ -151,3 +151,43 @@ def test_residual_hooks_map_onto_resid_pre():
     for bad in ("blocks.3.hook_mlp_out", "blocks.3.attn.hook_z", "", None):
         with pytest.raises(SAEMismatchError, match="residual-stream SAE"):
             residual_hook(bad, 26)
+
+
+def test_one_config_file_names_a_model_and_its_registry_saes(tmp_path, monkeypatch):
+    import json
+
+    from helpers import pretrained
+    from helpers.config import ConfigError, get_config
+    from helpers.saes import SAEMismatchError, open_saes
+
+    monkeypatch.setenv(pretrained.MIRROR_ENV_VAR, str(_andyrdt_mirror(tmp_path / "mirror", 3)))
+    path = tmp_path / "my-llama.json"
+    spec = {"base": "smoke", "preset": "my-llama", "model": "tiny-random-llama-v1", "system_prompt": None,
+            "sae_hook": "blocks.4.hook_resid_pre",
+            "saes": [["llama-3.1-8b-instruct-andyrdt", "resid_post_layer_3_trainer_1"]]}
+    path.write_text(json.dumps(spec))
+    cfg = get_config(str(path))
+    assert (cfg.preset, cfg.model, cfg.system_prompt) == ("my-llama", "tiny-random-llama-v1", None)
+    assert cfg.saes == (("llama-3.1-8b-instruct-andyrdt", "resid_post_layer_3_trainer_1"),)
+    assert cfg.run_dir.name == "my-llama" and cfg.n_train == get_config("smoke").n_train  # the rest from its base
+    model = load_model(cfg.model)
+    saes = open_saes(cfg, model)
+    assert list(saes) == ["resid_post_layer_3_trainer_1"] and saes["resid_post_layer_3_trainer_1"].cfg.d_in == 64
+    with pytest.raises(FileNotFoundError, match="configuration's SAEs are"):
+        open_saes(cfg, model, ["chat"])
+    with pytest.raises(SAEMismatchError, match="Set sae_hook in the configuration"):
+        open_saes(cfg.replace(sae_hook="blocks.13.hook_resid_pre"), model)
+    # bad files fail in one line naming the file and what to change
+    for bad, says in (({"preset": "x"}, "must hold a JSON object with 'base'"),
+                      ({"base": "nope", "preset": "x"}, "is not a preset"),
+                      ({"base": "smoke", "preset": "offline"}, "built-in preset's name"),
+                      ({"base": "smoke", "preset": "x", "modle": "y"}, "Unknown config field"),
+                      ({"base": "smoke", "preset": "x", "saes": [["only-a-release"]]}, "SAE sources"),
+                      ({"base": "smoke", "preset": "x", "sae": {"d_sae": -1}}, "d_sae=-1 is invalid")):
+        path.write_text(json.dumps(bad))
+        with pytest.raises(ConfigError, match=says) as e:
+            get_config(str(path))
+        assert str(path) in str(e.value) or "SAE sources" in str(e.value)
+    path.write_text("{not json")
+    with pytest.raises(ConfigError, match="Cannot read the configuration"):
+        get_config(str(path))
