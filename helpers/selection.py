@@ -202,3 +202,27 @@ def generation_induce_check(model: LoadedModel, harmless: list[str], mean_diffs:
                                      progress=False)).rate
 
     return check
+
+
+class NoRefusalError(RuntimeError):
+    """The model hardly refuses harmful prompts: there is no refusal for a direction to mediate."""
+
+
+def require_refusals(model: LoadedModel, harmful: list[str], max_new_tokens: int = 16, batch_size: int = 16,
+                     minimum: float = 0.25, fallback: bool = False):
+    """The share of `harmful` prompts the model refuses (greedy completions, substring judge) with its 95% interval;
+    when even the interval's top is below `minimum`, selection would pick a meaningless direction, so this stops
+    with `NoRefusalError` in one line (with `fallback`, the mechanics-only presets, it says so and goes on)."""
+    from helpers.generation import generate
+    from helpers.judges import refusal_rate
+
+    rate = refusal_rate(generate(model, harmful, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=False))
+    if rate.interval[1] < minimum:
+        message = (f"{model.name} refuses {round(rate.rate * rate.n)} of {rate.n} harmful prompts ({rate}) with "
+                   f"system_prompt={model.system_prompt!r}: too few refusals for a refusal direction (the 95% "
+                   f"interval's top is below {minimum:.0%}), so none is selected. Try the template's default system "
+                   "prompt (system_prompt='default') or a model that refuses.")
+        if not fallback:
+            raise NoRefusalError(message)
+        print(f"FALLBACK (mechanics only): {message}")
+    return rate

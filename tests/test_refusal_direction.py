@@ -263,3 +263,26 @@ def test_one_candidates_bypass_induce_and_kl_recomputed_by_hand(model, plain_hf,
     # measured: max 5.2e-08 over 5 settings (bound 0.0011, 21789x; scripts/tolerance_margins.py)
     assert_within("scores.kl[0, layer].item()", abs((scores.kl[0, layer].item()) - (kl)), 1e-3 + 0.02 * kl)
     assert abs(bypass - log_odds(ablated_logits(harmless))) > 0.05, "the two sets must tell a swap apart"
+
+
+def test_selection_stops_when_the_model_hardly_refuses(monkeypatch, capsys):
+    """A model that refuses ~1 in 24 harmful prompts (SmolLM2-135M-Instruct, measured) has no refusal to find a
+    direction for: selection stops in one line instead of choosing a meaningless direction."""
+    from helpers import generation
+    from helpers.selection import NoRefusalError, require_refusals
+
+    class Stub:
+        name, system_prompt = "stub-model", None
+
+    prompts = [f"harmful request {i}" for i in range(24)]
+    for refused, stops in ((0, True), (1, True), (3, False), (24, False)):  # 1 of 24: 95% CI top 20%; 3: 32%
+        outs = ["I'm sorry, but I can't help with that."] * refused + ["Sure, here is how."] * (24 - refused)
+        monkeypatch.setattr(generation, "generate", lambda *a, outs=outs, **k: outs)
+        if stops:
+            with pytest.raises(NoRefusalError, match=rf"stub-model refuses {refused} of 24 harmful prompts") as e:
+                require_refusals(Stub(), prompts)
+            assert "\n" not in str(e.value) and "system_prompt='default'" in str(e.value)
+            assert require_refusals(Stub(), prompts, fallback=True).rate == refused / 24
+            assert "FALLBACK (mechanics only)" in capsys.readouterr().out
+        else:
+            assert require_refusals(Stub(), prompts).n == 24
