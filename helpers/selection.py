@@ -220,9 +220,11 @@ def require_refusals(model: LoadedModel, harmful: list[str], max_new_tokens: int
     if rate.interval[1] < minimum:
         message = (f"{model.name} refuses {round(rate.rate * rate.n)} of {rate.n} harmful prompts ({rate}) with "
                    f"system_prompt={model.system_prompt!r}: too few refusals for a refusal direction (the 95% "
-                   f"interval's top is below {minimum:.0%}), so none is selected. Try the template's default system "
-                   "prompt (system_prompt='default') or a model that refuses.")
-        if not fallback:
-            raise NoRefusalError(message)
-        print(f"FALLBACK (mechanics only): {message}")
+                   f"interval's top is below {minimum:.0%})")
+        if fallback:
+            print(f"FALLBACK (mechanics only): {message}; going on.")
+            return rate
+        advice = ("try the template's default system prompt (system_prompt='default') or a model that refuses"
+                  if model.system_prompt is None else "try a model that refuses")
+        raise NoRefusalError(f"{message}, so none is selected: {advice}.")
     return rate
