@@ -87,3 +87,18 @@ def test_paper_pair_prefers_the_chat_format_webtext():
     assert get_config("offline").sae_pair[1] == "chat"
     with pytest.raises(ConfigError, match="webtext"):
         _ = get_config("offline").replace(sae_corpora=("chat",)).sae_pair
+
+
+def test_every_example_configuration_loads():
+    """configs/*.json (your own model and SAEs): each builds a configuration with a runs/ folder of its own."""
+    from pathlib import Path
+
+    from helpers.config import PRESETS
+
+    files = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.json"))
+    assert len(files) >= 3
+    for f in files:
+        cfg = get_config(str(f))
+        assert cfg.preset == f.stem and cfg.preset not in PRESETS
+        for source in cfg.saes:
+            assert isinstance(source, str) or (isinstance(source, tuple) and len(source) == 2)
