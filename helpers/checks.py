@@ -46,11 +46,12 @@ def _snapshot(arg) -> dict[str, Tensor]:
     return {}
 
 
-def _run(name: str, fn: Callable, *args):
-    """`fn(*args)`, turning the learner's errors into a CheckFailed, and failing when it edited an input in place
-    (in the notebook that would rewrite activations or the SAE every later cell uses)."""
+def _run(name: str, fn: Callable, *args, errors: tuple[tuple[str, str], ...] = ()):
+    """`fn(*args)`, turning the learner's errors into a CheckFailed (naming the mistake when the error's text holds
+    one of `errors`' needles: (needle, hint)), and failing when it edited an input in place (in the notebook that
+    would rewrite activations or the SAE every later cell uses)."""
     before = [_snapshot(a) for a in args]
-    result = _call(name, fn, *args)
+    result = _call(name, fn, *args, errors=errors)
     for i, (arg, snap) in enumerate(zip(args, before)):
         now = _snapshot(arg)
         changed = [k for k, v in snap.items() if k in now and not torch.equal(now[k], v)]
@@ -62,7 +63,7 @@ def _run(name: str, fn: Callable, *args):
     return result
 
 
-def _call(name: str, fn: Callable, *args):
+def _call(name: str, fn: Callable, *args, errors: tuple[tuple[str, str], ...] = ()):
     try:
         return fn(*args)
     except NotImplementedError:
@@ -71,6 +72,9 @@ def _call(name: str, fn: Callable, *args):
     except CheckFailed:
         raise
     except Exception as e:  # noqa: BLE001 - the learner's error, shown with the check's context
+        hint = next((h for needle, h in errors if needle in str(e)), None)
+        if hint:
+            raise CheckFailed(f"{name}: {hint} ({type(e).__name__}: {e})") from e
         raise CheckFailed(f"{name} raised {type(e).__name__}: {e}") from e
 
 
@@ -164,10 +168,16 @@ def difference_of_means(fn: Callable[[Tensor, Tensor], Tensor], model=None, harm
                 "activation addition adds r itself).", lambda: want / want.norm(dim=-1, keepdim=True)),
         Mistake("the means lost precision: accumulate in float32 or float64 (the residual has values near 10³; "
                 "float16 rounds them to ±0.5).", lambda: (h.half().mean(0) - hl.half().mean(0)).double()),
+        Mistake("that is only the harmful mean: subtract the harmless prompts' mean.", lambda: h.double().mean(0)),
+        Mistake("you added the means: r is their difference, mean(harmful) − mean(harmless).",
+                lambda: h.double().mean(0) + hl.double().mean(0)),
     ]
     # relative to the means' size (~10³ per entry): float32 means err by 5.5e-8 of it (measured, 180x below rtol),
     # float16 by ~2e-4
-    _compare(name, _run(name, fn, h.clone(), hl.clone()), want, mistakes, "on random tensors [7 and 5 prompts, "
+    prompts_axis = (("size of tensor a (7) must match the size of tensor b (5)",
+                     "average over prompts (dim 0) only: the two sides have different numbers of prompts."),)
+    _compare(name, _run(name, fn, h.clone(), hl.clone(), errors=prompts_axis), want, mistakes,
+             "on random tensors [7 and 5 prompts, "
              "3 positions, 4 layers, d_model 8]", rtol=1e-5,
              shape_hint="average over prompts (dim 0) only; keep one direction per position and layer.",
              scale=h.double().mean(0).norm().item())
@@ -259,6 +269,10 @@ def ablation_hooks(fn: Callable[[Tensor, int], list], model=None, direction: Ten
         Mistake("the orthogonal part is lost: keep x − (x·r̂) r̂, not the projection itself.",
                 lambda: (acts @ r_unit)[..., None] * r_unit),
         Mistake("everything is zeroed: only the component along r̂ should go.", lambda: torch.zeros_like(acts)),
+        Mistake("the projection is divided by ‖r‖ once: project onto r̂ = r/‖r‖ (or divide (x·r) r by ‖r‖²).",
+                lambda: acts - (acts @ r)[..., None] * r / r.norm()),
+        Mistake("only the last position is ablated: project r̂ out at every position.",
+                lambda: torch.cat([acts[:, :-1], ablate_direction(acts[:, -1:], r)], dim=1)),
     ]
     for hook_name, got in _apply_hooks(hooks, acts).items():
         _compare(name, got, want, mistakes, f"at {hook_name} on random activations [2, 5, 8]", rtol=1e-5)
@@ -311,6 +325,8 @@ def orthogonalize(fn: Callable[[Tensor, Tensor], Tensor], model=None, direction:
         Mistake("you returned r̂ r̂ᵀ W, the part to remove; return W minus it.", lambda: torch.outer(r_unit, r_unit @ W)),
     ]
     mistakes.append(Mistake("the weight came back unchanged: remove r̂ r̂ᵀ W from it.", lambda: W))
+    mistakes.append(Mistake("the projection is divided by ‖r‖ once (or r̂ is used on one side only): W − r̂ (r̂ᵀ W).",
+                            lambda: W - torch.outer(r, r @ W) / r.norm()))
     try:
         got = _run(name, fn, W.clone(), r)
     except CheckFailed as e:  # a shape error from the learner's code: say which layout the weight has
@@ -360,6 +376,8 @@ def addition_hooks(fn: Callable[[Tensor, int, float], list], model=None, directi
         Mistake("the sign is flipped: addition adds +coeff · r.", lambda: acts - 1.5 * r),
         Mistake("only the last position is steered: add at every position.", lambda: last_only),
         Mistake("coeff is ignored: add coeff · r.", lambda: acts + r),
+        Mistake("only the first position is steered: add at every position.",
+                lambda: torch.cat([acts[:, :1] + 1.5 * r, acts[:, 1:]], dim=1)),
     ]
     _compare(name, _apply_hooks(hooks, acts)["blocks.1.hook_resid_pre"], want, mistakes,
              "on random activations [2, 5, 8]", rtol=1e-5)
@@ -415,8 +433,26 @@ def reconstruction(fn: Callable, sae=None, harmful: Tensor | None = None, harmle
                 lambda: wrong(lambda r: rec(h).double().mean(0) - hl.double().mean(0))),
         Mistake("the relative MSE is divided by ‖r̂‖²; divide ‖r̂ − r‖² by ‖r‖² (the true direction's size).",
                 lambda: _swap_mse_norm(h, hl, rec)),
+        Mistake("only the harmless side is reconstructed: r̂ = mean SAE(harmful) − mean SAE(harmless).",
+                lambda: wrong(lambda r: h.double().mean(0) - rec(hl).double().mean(0))),
+        Mistake("the sign of r̂ is flipped: mean SAE(harmful) − mean SAE(harmless).",
+                lambda: wrong(lambda r: rec(hl).double().mean(0) - rec(h).double().mean(0))),
     ]
-    got = _run(name, fn, small, h, hl)
+    full = reference(small, h, hl)
+    r_true = h.double().mean(0) - hl.double().mean(0)
+    r_rec = rec(h).double().mean(0) - rec(hl).double().mean(0)
+    mistakes += [
+        Mistake("the MSE is not relative: divide ‖r̂ − r‖² by ‖r‖².",
+                lambda: torch.tensor([full[0], (r_rec - r_true).pow(2).sum()], dtype=torch.float64)),
+        Mistake("use squared norms: ‖r̂ − r‖² / ‖r‖², not ‖r̂ − r‖ / ‖r‖.",
+                lambda: torch.tensor([full[0], full[1].sqrt()], dtype=torch.float64)),
+        Mistake("the pair is (cosine, relative MSE), in that order.", lambda: full.flip(0)),
+        Mistake("divide the dot product by both norms: cosine = r̂·r / (‖r̂‖ ‖r‖).",
+                lambda: torch.tensor([r_rec @ r_true, full[1]], dtype=torch.float64)),
+    ]
+    decode_hint = ((f"({small.cfg.d_sae})", "encode without decode? r̂ lives in the model's space: average "
+                    "sae.decode(sae.encode(x)), not the latents."),)
+    got = _run(name, fn, small, h, hl, errors=decode_hint)
     if not isinstance(got, (tuple, list)) or len(got) != 2:
         raise CheckFailed(f"{name} should return a pair (cosine, relative_mse), got {type(got).__name__}.")
     _compare(name, torch.tensor([float(got[0]), float(got[1])], dtype=torch.float64), reference(small, h, hl),
@@ -464,8 +500,14 @@ def max_cosine_latent(fn: Callable[[Tensor, Tensor], tuple], sae=None, r: Tensor
         Mistake("you ranked by |cosine|: the latent should point *towards* r (a large negative cosine is the "
                 "opposite feature).", lambda: pick((unit @ r_small).abs(), r_small.norm())),
         Mistake("the cosine is not divided by ‖r‖.", lambda: pick(unit @ r_small, torch.tensor(1.0))),
+        Mistake("that is the argmin: the latent with the largest cosine points towards r.",
+                lambda: torch.tensor([float((unit @ r_small).argmin()), float((unit @ r_small).min() / r_small.norm())],
+                                     dtype=torch.float64)),
+        Mistake("the pair is (latent index, cosine), in that order.", lambda: want.flip(0)),
     ]
-    got = _run(name, fn, W.clone(), r_small)
+    rows_hint = "W_dec is [d_sae, d_model], one row per latent: score W_dec @ r (rows), not W_dec.T."
+    rows = (("16x40", rows_hint), ("(40)", rows_hint))
+    got = _run(name, fn, W.clone(), r_small, errors=rows)
     _compare(name, _pair(name, got), want, mistakes, "on a random decoder [40, 16]", rtol=1e-5)
     stages = ["on a random decoder"]
     if sae is not None and r is not None:
@@ -476,6 +518,16 @@ def max_cosine_latent(fn: Callable[[Tensor, Tensor], tuple], sae=None, r: Tensor
                  torch.tensor([float(cos.argmax()), float(cos.max())], dtype=torch.float64), [], "on the SAE", rtol=1e-4)
         stages.append("on the SAE")
     _passed(name, stages)
+
+
+def _scalar(name: str, got) -> Tensor:
+    """A learner's number as a float64 0-d tensor (a tensor of another shape or a half-precision one is kept, so
+    `_compare` names the problem)."""
+    if isinstance(got, Tensor) and (got.dim() > 0 or got.dtype in (torch.float16, torch.bfloat16)):
+        return got.detach()
+    if isinstance(got, (Tensor, int, float)):
+        return torch.tensor(float(got), dtype=torch.float64)
+    return got
 
 
 def _pair(name: str, got) -> Tensor:
@@ -513,10 +565,17 @@ def least_squares(fn: Callable[[Tensor, Tensor], float], sae=None, r: Tensor | N
                 "jointly, e.g. torch.linalg.lstsq(atoms.T, target).", separately),
         Mistake("that is the best single atom's error: fit all k atoms together.", best_single),
         Mistake("the error is not relative: divide ‖fit − target‖² by ‖target‖².", unnormalised),
+        Mistake("use squared norms: ‖fit − target‖² / ‖target‖², not their norms' ratio.", lambda: want.sqrt()),
+        Mistake("that is the explained fraction (1 − error): return the relative error itself.", lambda: 1 - want),
+        Mistake("the error is relative to the fit: divide by ‖target‖², the size of what is fitted.",
+                lambda: want / (1 - want)),
     ]
-    got = _run(name, fn, atoms.clone(), target.clone())
-    _compare(name, torch.tensor(float(got), dtype=torch.float64), want, mistakes, "on 3 correlated random atoms",
-             rtol=1e-4)
+    layout = (("shapes", "atoms is [k, d] (one atom per row): solve atomsᵀ c = target, e.g. "
+                         "torch.linalg.lstsq(atoms.T, target[:, None])."),
+              ("size", "atoms is [k, d] (one atom per row): solve atomsᵀ c = target, e.g. "
+                       "torch.linalg.lstsq(atoms.T, target[:, None])."))
+    got = _scalar(name, _run(name, fn, atoms.clone(), target.clone(), errors=layout))
+    _compare(name, got, want, mistakes, "on 3 correlated random atoms", rtol=1e-4)
     stages = ["on random atoms"]
     if sae is not None and r is not None and latents:
         rows = sae.W_dec.detach().float().cpu()[torch.tensor(latents)]
@@ -619,8 +678,12 @@ def projection_gradient(fn: Callable, model=None, instruction: str | None = None
         Mistake("the sign is flipped: the gradient of +R.", lambda: -want),
         Mistake("that is the gradient of the first position's projection: use forward(resid)[-1].",
                 lambda: grad_of(lambda y: y[0] @ (r / r.norm()))),
+        Mistake("r is divided by ‖r‖²: R projects on r̂ = r/‖r‖ (divide once).",
+                lambda: grad_of(lambda y: y[-1] @ r / (r @ r))),
     ]
-    got = _run(name, fn, forward, x.clone(), r.clone())
+    grad_hint = (("does not require grad", "the input needs requires_grad: x = resid.detach().clone()"
+                  ".requires_grad_(True), then R.backward() and return x.grad."),)
+    got = _run(name, fn, forward, x.clone(), r.clone(), errors=grad_hint)
     _compare(name, got, want, mistakes, "on a random causal map (6 positions, d 8)", rtol=1e-4)
     stages = ["on a random map"]
     if model is not None:
@@ -648,6 +711,9 @@ def latent_scores(fn: Callable[[Tensor, Tensor], Tensor], sae=None, gradient: Te
         Mistake("that is the last position only: average over every prompt position.", lambda: unit @ grad[-1]),
         Mistake("that is the sum over positions: the published reading takes the mean.", lambda: (grad @ unit.T).sum(0)),
         Mistake("the sign is flipped: score = d̂ₖ · g (positive = pushes towards refusal).", lambda: -want),
+        Mistake("that is the first position only: average over every prompt position.", lambda: unit @ grad[0]),
+        Mistake("absolute values were taken: the sign says whether a latent pushes towards refusal or away.",
+                lambda: (grad @ unit.T).abs().mean(0)),
     ]
     _compare(name, _run(name, fn, W.clone(), grad.clone()), want, mistakes, "on a random decoder [30, 8]", rtol=1e-5,
              shape_hint="one score per latent: reduce over positions.")
