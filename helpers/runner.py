@@ -226,12 +226,22 @@ def run_notebooks(preset: str, only: list[str] | None = None, folder: Path = NOT
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="offline", help=f"one of {sorted(PRESETS)}")
+    ap.add_argument("--preset", default="offline",
+                    help=f"one of {sorted(PRESETS)}, or a configuration file (your own model and SAEs: configs/*.json)")
     ap.add_argument("--only", nargs="+", metavar="NN", help="notebook numbers to run, e.g. 00 03")
     ap.add_argument("--force", action="store_true", help="rerun notebooks even when nothing they depend on changed")
     args = ap.parse_args(argv)
-    if args.preset not in PRESETS:
-        ap.exit(2, f"runner: unknown preset {args.preset!r}; valid presets: {sorted(PRESETS)}\n")
+    if args.preset.endswith(".json"):  # the notebooks run in notebooks/: hand them the file's absolute path
+        from helpers.config import ConfigError
+
+        args.preset = str(Path(args.preset).resolve())
+        try:
+            get_config(args.preset)
+        except ConfigError as e:
+            ap.exit(2, f"runner: {e}\n")
+    elif args.preset not in PRESETS:
+        ap.exit(2, f"runner: unknown preset {args.preset!r}; valid presets: {sorted(PRESETS)}, or a configuration "
+                   "file (configs/*.json)\n")
     if args.only:
         known = {p.name[:2] for p in numbered_notebooks()}
         unknown = sorted(set(args.only) - known)
