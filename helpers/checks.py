@@ -91,14 +91,18 @@ def _distance(a: Tensor, b: Tensor) -> float:
     return (a.detach().double().cpu() - b.detach().double().cpu()).norm().item()
 
 
-def _log_tolerance(name: str, where: str, error: float, rtol: float) -> None:
-    """Append the error to REFUSAL_TOLERANCE_LOG when it is set (scripts/tolerance_margins.py reads it)."""
+def log_tolerance(name: str, observed: float, bound: float, file: str, line: int | None) -> None:
+    """Append one observed error and its bound as a JSON line to REFUSAL_TOLERANCE_LOG when it is set (the tests'
+    `assert_within` and these checks both log; scripts/tolerance_margins.py reads the file)."""
     log = os.environ.get("REFUSAL_TOLERANCE_LOG")
     if log:
         with open(log, "a") as f:
-            f.write(json.dumps({"name": f"checks.{name} {where}", "observed": error, "bound": rtol,
-                                "file": "checks.py", "line": None,
+            f.write(json.dumps({"name": name, "observed": observed, "bound": bound, "file": file, "line": line,
                                 "test": os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0]}) + "\n")
+
+
+def _log_tolerance(name: str, where: str, error: float, rtol: float) -> None:
+    log_tolerance(f"checks.{name} {where}", error, rtol, "checks.py", None)
 
 
 def _compare(name: str, got, want: Tensor, mistakes: list[Mistake], where: str, rtol: float = 1e-4,
@@ -606,10 +610,10 @@ def latent_interventions(fn: Callable, sae=None, layer: int | None = None, norm:
         want_add = steering.latent_addition(s, latent, L, nrm)
         if ablation.ablate is None or addition.add is None:
             raise CheckFailed(f"{name}: the first Intervention needs ablate=, the second add= and add_layer=.")
-        extra = {"the ablation": [f for f in ("add", "edit") if getattr(ablation, f) is not None]
-                 + (["prompt_only"] if ablation.prompt_only else []),
-                 "the addition": [f for f in ("ablate", "edit") if getattr(addition, f) is not None]
-                 + (["prompt_only"] if addition.prompt_only else [])}
+        def stray(iv: Intervention, others: tuple[str, ...]) -> list[str]:  # fields this Intervention should not set
+            return [f for f in others if getattr(iv, f) is not None] + (["prompt_only"] if iv.prompt_only else [])
+
+        extra = {"the ablation": stray(ablation, ("add", "edit")), "the addition": stray(addition, ("ablate", "edit"))}
         for which, fields in extra.items():
             if fields:
                 raise CheckFailed(f"{name}: {which} also sets {', '.join(f'{f}=' for f in fields)}: each Intervention "

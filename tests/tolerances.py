@@ -14,7 +14,6 @@ When REFUSAL_TOLERANCE_LOG names a file, each observed value is appended to it a
 from __future__ import annotations
 
 import inspect
-import json
 import os
 from pathlib import Path
 
@@ -37,13 +36,11 @@ def max_abs(a, b) -> float:
 
 def assert_within(name: str, observed: float, bound: float) -> None:
     """Assert `observed <= bound` (NaN fails), logging the value when REFUSAL_TOLERANCE_LOG is set."""
+    from helpers.checks import log_tolerance
+
     observed = float(observed)
-    log = os.environ.get("REFUSAL_TOLERANCE_LOG")
-    if log:
+    if os.environ.get("REFUSAL_TOLERANCE_LOG"):
         info = inspect.getframeinfo(inspect.currentframe().f_back)
         line = info.positions.lineno if info.positions and info.positions.lineno else info.lineno
-        with open(log, "a") as f:
-            f.write(json.dumps({"name": name, "observed": observed, "bound": bound, "file": Path(info.filename).name,
-                                "line": line, "test": os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0]})
-                    + "\n")
+        log_tolerance(name, observed, bound, Path(info.filename).name, line)
     assert observed <= bound, f"{name}: {observed:.3e} exceeds the tolerance {bound:.0e}"
