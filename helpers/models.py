@@ -336,12 +336,14 @@ class LoadedModel:
         if self.tokenizer.bos_token and text.startswith(self.tokenizer.bos_token) and self._adds_bos:
             # The tokenizer adds BOS itself (Llama's, Gemma's): keep one, not two.
             text = text[len(self.tokenizer.bos_token):]
-        if self.system_prompt is None and not has_system:  # the turn follows the BOS the template may write
-            bos = self.tokenizer.bos_token if self.tokenizer.bos_token and text.startswith(self.tokenizer.bos_token) else ""
+        if self.system_prompt is None and not has_system:  # at the start, or after the BOS the template may write
+            bos = self.tokenizer.bos_token or ""
+            prefixes = ("", bos) if bos and text.startswith(bos) else ("",)  # SmolLM2's BOS is <|im_start|> itself
             for pattern in DEFAULT_SYSTEM_TURNS.values():
-                body, n = pattern.subn("", text[len(bos):], count=1)
-                if n:
-                    text = bos + body
+                found = next(((p, body) for p in prefixes for body, n in [pattern.subn("", text[len(p):], count=1)]
+                              if n), None)
+                if found:
+                    text = found[0] + found[1]
                     break
         return text
 

@@ -191,3 +191,22 @@ def test_one_config_file_names_a_model_and_its_registry_saes(tmp_path, monkeypat
     path.write_text("{not json")
     with pytest.raises(ConfigError, match="Cannot read the configuration"):
         get_config(str(path))
+
+
+def test_smollm2_template_without_its_default_system_turn():
+    """SmolLM2-135M-Instruct (the smollm2 preset) writes a default ChatML system turn and its BOS is <|im_start|>
+    itself: "no system turn" removes the turn all the same (its template, data/chat_templates/smollm2.jinja, on the
+    offline tokenizer; the model is not needed)."""
+    from dataclasses import replace
+
+    from helpers.instructions import DATA_ROOT
+    from helpers.models import LoadedModel, load_tokenizer
+
+    tokenizer = load_tokenizer("tiny-random-qwen2-v3")
+    tokenizer.chat_template = (DATA_ROOT / "chat_templates" / "smollm2.jinja").read_text()
+    tokenizer.bos_token = "<|im_start|>"
+    model = LoadedModel(name="smollm2-template", tl=None, tokenizer=tokenizer, system_prompt=None)
+    assert model.format_chat("Hi") == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    default = replace(model, system_prompt="default").format_chat("Hi")
+    assert default.startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
+    assert "Be brief." in replace(model, system_prompt="Be brief.").format_chat("Hi")
