@@ -4,7 +4,7 @@ from helpers.config import OFFLINE_MODEL, PAPER_MODEL, PRESETS, TINY_MODEL, Conf
 
 
 def test_presets_exist_with_expected_models():
-    assert set(PRESETS) == {"offline", "paper", "smoke", "teach", "quick"}
+    assert set(PRESETS) == {"offline", "paper", "smoke", "teach", "quick", "smollm2"}
     assert get_config("offline").model == OFFLINE_MODEL
     teach = get_config("teach", device="cpu")
     assert teach.model == OFFLINE_MODEL and teach.sae_hook == get_config("offline").sae_hook
@@ -13,6 +13,8 @@ def test_presets_exist_with_expected_models():
     assert quick.model == OFFLINE_MODEL and quick.sae_corpora == teach.sae_corpora and quick.sae_hook == teach.sae_hook
     assert quick.cache_tokens < teach.cache_tokens and quick.sae.d_sae < teach.sae.d_sae and quick.n_val < teach.n_val
     assert get_config("smoke").model == TINY_MODEL  # mechanics only: a random Qwen2 with the offline tokenizer
+    smol = get_config("smollm2")  # a second family: SmolLM2-135M-Instruct, no system turn, 00 and 03 only
+    assert smol.model == "SmolLM2-135M-Instruct-GGUF" and smol.system_prompt is None and smol.filter_train is None
     paper = get_config("paper")
     assert paper.model == PAPER_MODEL == "Qwen/Qwen1.5-0.5B-Chat"
     assert paper.sae_hook == "blocks.13.hook_resid_pre"

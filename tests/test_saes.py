@@ -147,7 +147,7 @@ def test_train_or_reuse_reuses_only_an_identically_trained_sae(tmp_path, monkeyp
             {n: cfg.l1_coefficient * 2 for n in caches}, [{"corpus": n, "round": 1, "l0": 40.0} for n in caches]
 
     monkeypatch.setattr(saes_module, "train_matched", fake_train_matched)
-    cache = SimpleNamespace(folder=tmp_path / "cache", n_tokens=1000)
+    cache = SimpleNamespace(folder=tmp_path / "cache", n_tokens=1000, manifest=SimpleNamespace(cache_id="first"))
     small = SAEConfig(d_sae=16, l1_coefficient=5.0, lr=1e-3, training_tokens=1024, train_batch_size_tokens=256,
                       context_size=8)
     log, reused = train_or_reuse("a", cache, None, small, tmp_path / "sae", target_l0=40)
@@ -159,6 +159,9 @@ def test_train_or_reuse_reuses_only_an_identically_trained_sae(tmp_path, monkeyp
     cache.n_tokens = 2000
     _, reused = train_or_reuse("a", cache, None, small, tmp_path / "sae", target_l0=30)
     assert not reused, "another cache content: retrained"
+    cache.manifest.cache_id = "made again"
+    _, reused = train_or_reuse("a", cache, None, small, tmp_path / "sae", target_l0=30)
+    assert not reused, "the cache was made again (a new id): retrained"
     (tmp_path / "sae" / "sae_weights.safetensors").unlink()
     _, reused = train_or_reuse("a", cache, None, small, tmp_path / "sae", target_l0=30)
     assert not reused, "weights missing (a killed save): retrained"

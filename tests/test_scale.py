@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -113,8 +114,8 @@ def test_head_and_continue_cache(tmp_path, monkeypatch):
             longer.head(bad)
 
 
-STUDY = ["--preset", "smoke", "--widths", "32", "64", "--tokens", "2048", "4096", "--base-width", "32",
-         "--behaviour", "w64_u4096", "--prompts", "ours", "--n-prompts", "4", "--resamples", "20"]
+STUDY = ["--preset", "smoke", "--widths", "32", "--tokens", "2048", "4096", "--base-width", "32",
+         "--behaviour", "w32_u4096", "--prompts", "ours", "--n-prompts", "4", "--resamples", "20"]
 
 
 def _fake_direction(runs: Path) -> None:
@@ -155,14 +156,14 @@ def _results(runs: Path) -> dict:
 @pytest.mark.slow
 def test_study_resumes_after_kill_and_matches_l0(tmp_path):
     clean, killed = tmp_path / "clean", tmp_path / "killed"
-    for runs in (clean, killed):
-        _tiny_caches(runs)
-        _fake_direction(runs)
+    _tiny_caches(clean)
+    _fake_direction(clean)
+    shutil.copytree(clean, killed)
     job = _study(clean)
     out, _ = job.communicate(timeout=600)
     assert job.returncode == 0, out[-3000:]
     expected = _results(clean)
-    assert set(expected) == {"w32_u2048", "w32_u4096", "w64_u4096"}
+    assert set(expected) == {"w32_u2048", "w32_u4096"}
     study = clean / "smoke" / "scale_study"
     for f in ("table.md", "table.csv", "trends.json", "cost.json"):
         assert (study / f).is_file(), f
@@ -186,15 +187,16 @@ def test_study_resumes_after_kill_and_matches_l0(tmp_path):
     assert expected["w32_u4096"]["training"]["chat"]["start"] == expected["w32_u2048"]["training"]["chat"]["l1_coefficient"]
     # the behavioural claims at the point asked for only: the top latent by decoder cosine with the protocol's r
     # ablated beside "none" and "ablate r" (generated once, baseline.json), and the prompt specificity per SAE
-    behaviour = expected["w64_u4096"]["behaviour"]
+    behaviour = expected["w32_u4096"]["behaviour"]
     assert "behaviour" not in expected["w32_u2048"] and (study / "baseline.json").is_file()
     assert set(behaviour["bypass"]) == {"none", "ablate r", "ablate webtext top latent", "ablate chat top latent"}
     assert all(v["substring"]["n"] == cfg.n_test == behaviour["n"] for v in behaviour["bypass"].values())
     assert {k.split(" · ")[0] for k in behaviour["specificity"]} == {"webtext", "chat"}
-    top = expected["w64_u4096"]["protocol"]["max_decoder_cosine"]
+    top = expected["w32_u4096"]["protocol"]["max_decoder_cosine"]
     assert behaviour["top_latent"] == {c: top[c]["latent"] for c in ("webtext", "chat")}
-    # killed in the second point's training (SAE batches of the first point: 2 SAEs x up to 2 rounds x 16), then rerun
-    job = _study(killed, pause="sae_batch:90")
+    # killed in the second point's training (the first point drew 2 SAEs x 2 rounds x 36 batches: 20 for sae_lens'
+    # norm estimate, 16 steps), then rerun: the first point is kept, the second trained again
+    job = _study(killed, pause="sae_batch:160")
     marker = killed / "paused"
     deadline = time.time() + 600
     while not marker.exists() and job.poll() is None and time.time() < deadline:
@@ -203,7 +205,7 @@ def test_study_resumes_after_kill_and_matches_l0(tmp_path):
     job.send_signal(signal.SIGKILL)
     job.wait()
     partial = _results(killed)
-    assert len(partial) < 3
+    assert set(partial) == {"w32_u2048"} and partial["w32_u2048"] == expected["w32_u2048"]
     job = _study(killed)
     out, _ = job.communicate(timeout=600)
     assert job.returncode == 0, out[-3000:]
