@@ -340,11 +340,10 @@ class LoadedModel:
             bos = self.tokenizer.bos_token or ""
             prefixes = ("", bos) if bos and text.startswith(bos) else ("",)  # SmolLM2's BOS is <|im_start|> itself
             for pattern in DEFAULT_SYSTEM_TURNS.values():
-                found = next(((p, body) for p in prefixes for body, n in [pattern.subn("", text[len(p):], count=1)]
-                              if n), None)
-                if found:
-                    text = found[0] + found[1]
-                    break
+                for prefix in prefixes:
+                    body, n = pattern.subn("", text[len(prefix):], count=1)
+                    if n:
+                        return prefix + body
         return text
 
     @functools.cached_property
