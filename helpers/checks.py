@@ -178,7 +178,7 @@ def difference_of_means(fn: Callable[[Tensor, Tensor], Tensor], model=None, harm
     ]
     # relative to the means' size (~10³ per entry): float32 means err by 5.5e-8 of it (measured, 180x below rtol),
     # float16 by ~2e-4
-    prompts_axis = (("size of tensor a (7) must match the size of tensor b (5)",
+    prompts_axis = ((f"size of tensor a ({len(h)}) must match the size of tensor b ({len(hl)})",
                      "average over prompts (dim 0) only: the two sides have different numbers of prompts."),)
     _compare(name, _run(name, fn, h.clone(), hl.clone(), errors=prompts_axis), want, mistakes,
              "on random tensors [7 and 5 prompts, "
@@ -510,7 +510,8 @@ def max_cosine_latent(fn: Callable[[Tensor, Tensor], tuple], sae=None, r: Tensor
         Mistake("the pair is (latent index, cosine), in that order.", lambda: want.flip(0)),
     ]
     rows_hint = "W_dec is [d_sae, d_model], one row per latent: score W_dec @ r (rows), not W_dec.T."
-    rows = (("16x40", rows_hint), ("(40)", rows_hint))
+    d_sae, d_model = W.shape
+    rows = ((f"{d_model}x{d_sae}", rows_hint), (f"({d_sae})", rows_hint))
     got = _run(name, fn, W.clone(), r_small, errors=rows)
     _compare(name, _pair(name, got), want, mistakes, "on a random decoder [40, 16]", rtol=1e-5)
     stages = ["on a random decoder"]

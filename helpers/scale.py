@@ -204,6 +204,9 @@ METRICS = {
     "dense latents (share firing on > 10% of tokens)": (lambda res, c: res["heldout"][c]["dense_fraction"], None),
     "L0 (held-out, own corpus)": (lambda res, c: res["heldout"][c]["l0"], None),
 }
+# the metrics measured on Kissane et al.'s protocol (the rest are the SAE's own held-out text)
+PROTOCOL_METRICS = ("reconstruction cosine with r", "relative MSE of r̂", "max decoder cosine with r",
+                    "k for relative MSE ≤ 0.5 (Kissane et al.'s ranking, Adam)")
 # the paper's values at 32,768 latents / 409.6M tokens (decomposition.PAPER), by metric and side of the pair
 PAPER_VALUES = {"reconstruction cosine with r": {"webtext": 0.596, "chat": 0.849},
                 "max decoder cosine with r": {"webtext": 0.411, "chat": 0.678}}
@@ -258,7 +261,7 @@ def figures(points: dict[Point, dict], pair: tuple[str, str]) -> dict[str, "obje
                                          marker=dict(symbol="line-ew-open", size=24, line_width=3),
                                          name=f"paper, {side(c)} SAE ({PAPER_POINT['d_sae']:,} latents)"))
         fig.update_layout(title=f"{label} against training tokens (Kissane et al.'s protocol: AdvBench vs Alpaca, "
-                                "no system turn, position −1)" if "r" in label.split() or "k for" in label else
+                                "no system turn, position −1)" if label in PROTOCOL_METRICS else
                           f"{label} against training tokens", xaxis_type="log", xaxis_title="training tokens",
                           yaxis_title=label)
         out[label] = fig

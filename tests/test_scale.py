@@ -168,6 +168,12 @@ def test_study_resumes_after_kill_and_matches_l0(tmp_path):
     for f in ("table.md", "table.csv", "trends.json", "cost.json"):
         assert (study / f).is_file(), f
     assert len(list((study / "figures").glob("*.html"))) == len(scale.METRICS)
+    # a figure's title names Kissane et al.'s protocol exactly when its metric is measured on it
+    titles = {label: fig.layout.title.text for label, fig in scale.figures(
+        {scale.Point(int(n[1:].split("_u")[0]), int(n.split("_u")[1])): r for n, r in _results(clean).items()},
+        ("webtext", "chat")).items()}
+    assert set(scale.PROTOCOL_METRICS) < set(titles)
+    assert {label for label, title in titles.items() if "Kissane et al.'s protocol" in title} == set(scale.PROTOCOL_METRICS)
     # the L0 search at every point: the kept run is the one closest to the target in log L0, a second round moves the
     # coefficient towards the target, and the next point starts where the search says
     from helpers.config import get_config
