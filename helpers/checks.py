@@ -356,6 +356,107 @@ def orthogonalize(fn: Callable[[Tensor, Tensor], Tensor], model=None, direction:
     _passed(name, stages)
 
 
+def tiny_llama(seed: int = 0):
+    """A random 2-layer Llama (vocab 48, d_model 8) with biases on the attention and MLP outputs and the unembedding
+    tied to the embedding: every case `orthogonalized_model` must handle, in a model that builds in milliseconds."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=48, hidden_size=8, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2,
+                      num_key_value_heads=2, attention_bias=True, mlp_bias=True, tie_word_embeddings=True)
+    hf = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for p in hf.parameters():  # biases start at zero: give them values, or leaving them out would go unseen
+            p.normal_(0, 0.5)
+    return hf
+
+
+# (a part of the name of a parameter the learner left as it was, the hint); checked in this order
+_UNCHANGED_HINTS = (
+    ("embed_tokens", "the token embedding was left out: it writes each token's vector into the residual stream "
+                     "(orthogonalize its transpose: rows are tokens)."),
+    ("o_proj.bias", "the biases were left out: o_proj's and down_proj's biases are added to the residual stream too "
+                    "(project each as one column, project(b[:, None], r)[:, 0])."),
+    ("down_proj.bias", "the biases were left out: o_proj's and down_proj's biases are added to the residual stream "
+                       "too (project each as one column, project(b[:, None], r)[:, 0])."),
+    ("o_proj", "the attention outputs (self_attn.o_proj) were left out: attention writes into the residual stream."),
+    ("down_proj", "the MLP outputs (mlp.down_proj) were left out: the MLP writes into the residual stream."),
+)
+# parameters that read from the residual stream (or the unembedding): changing them is the mistake
+_READERS = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "norm", "lm_head")
+
+
+def orthogonalized_model(fn: Callable, model=None, direction: Tensor | None = None,
+                         prompts: list[str] | None = None) -> None:
+    """Check `fn(hf_model, direction, project)`: a copy of the Hugging Face model with the direction projected out of
+    every matrix and bias that writes into the residual stream (embedding, attention and MLP outputs), the
+    unembedding untied and unchanged, the original untouched. First on a tiny random Llama with biases and tied
+    embeddings (parameter by parameter against `evaluation.orthogonalized_copy`), then, with a model, its logits
+    against the ablation hooks."""
+    import copy
+
+    from helpers.evaluation import orthogonalized_copy, project_out_of_weight
+
+    name = "orthogonalized_model"
+    hf = tiny_llama()
+    before = copy.deepcopy(hf.state_dict())
+    r = torch.randn(hf.config.hidden_size, generator=_generator(3))
+    layout = (("shapes cannot be multiplied", "the embedding is [vocab, d_model] (rows are tokens) while project "
+                                              "takes [d_model, d_in]: project its transpose, project(W_E.T, r).T."),)
+    got = _call(name, fn, hf, r.clone(), project_out_of_weight, errors=layout)
+    if got is None:
+        raise CheckFailed(f"{name} returned None: return the orthogonalized copy of the model.")
+    if got is hf or any(not torch.equal(v, hf.state_dict()[k]) for k, v in before.items()):
+        raise CheckFailed(f"{name} changed the model it was given: orthogonalize a copy (copy.deepcopy(hf_model)), "
+                          "so that the notebook keeps the original for the hooks it compares with.")
+    want = orthogonalized_copy(hf, r)
+    want_params, got_params = dict(want.named_parameters(remove_duplicate=False)), dict(
+        got.named_parameters(remove_duplicate=False))
+    if set(got_params) != set(want_params):
+        raise CheckFailed(f"{name} returned a model with other parameters than the one it was given: "
+                          f"{sorted(set(got_params) ^ set(want_params))[:4]}.")
+    wrong = [k for k, v in want_params.items() if got_params[k].shape != v.shape
+             or not torch.allclose(got_params[k].detach(), v.detach(), rtol=1e-5, atol=1e-6)]
+    if not wrong:
+        stages = ["on a tiny random Llama with biases and tied embeddings"]
+        if model is not None:
+            from helpers.evaluation import orthogonalization_check
+
+            if not prompts:
+                raise ValueError("checks.orthogonalized_model with a model needs prompts=[...].")
+            diff = orthogonalization_check(model, direction, prompts[:3],
+                                           copy=lambda m, d, p: _call(name, fn, m, d, p))
+            if diff > 1e-3:
+                raise CheckFailed(f"{name}: on the model, your orthogonalized copy's logits differ from ablation's by "
+                                  f"{diff:.2e} (relative); it passed on the tiny model, so check dtype and device.")
+            _log_tolerance(name, "orthogonalized model vs ablation, relative logits", diff, 1e-3)
+            stages.append(f"on the model (logits equal ablation's to {diff:.0e})")
+        _passed(name, stages)
+        return
+    original = dict(hf.named_parameters(remove_duplicate=False))
+    unchanged = [k for k in wrong if torch.equal(got_params[k].detach(), original[k].detach())]
+    if "lm_head.weight" in wrong:
+        raise CheckFailed(f"{name}: the unembedding (lm_head) changed: this model ties it to the embedding, so "
+                          "orthogonalizing the embedding in place changed it too. Untie it first (lm_head.weight = "
+                          "nn.Parameter(embedding weight clone)): it reads from the residual stream, it does not write.")
+    readers = [k for k in wrong if any(f".{m}" in k or k.startswith(m) for m in _READERS)]
+    if readers:
+        raise CheckFailed(f"{name}: {readers[0]} changed, but it reads from the residual stream (queries, keys, "
+                          "values, the MLP's input projections and the norms do): only what writes into it changes.")
+    for k in unchanged:
+        hint = next((h for part, h in _UNCHANGED_HINTS if part in k), None)
+        if hint:
+            layers = sorted({k2.split(".")[2] for k2 in unchanged if ".layers." in k2})
+            some = f" (layers {', '.join(layers)} of {hf.config.num_hidden_layers})" if ".layers." in k and len(
+                layers) < hf.config.num_hidden_layers else ""
+            raise CheckFailed(f"{name}: {hint}{some}")
+    if any("embed_tokens" in k for k in wrong):
+        raise CheckFailed(f"{name}: the embedding is [vocab, d_model] (rows are tokens): project its transpose, "
+                          "project(W_E.T, r).T, so that each token's vector loses its r̂ component.")
+    raise CheckFailed(f"{name} differs from the reference on a tiny random Llama: {len(wrong)} parameters differ, "
+                      f"first {wrong[0]}.")
+
+
 def addition_hooks(fn: Callable[[Tensor, int, float], list], model=None, direction: Tensor | None = None,
                    layer: int | None = None, prompts: list[str] | None = None) -> None:
     """Check `fn(vector, layer, coeff)` -> fwd_hooks that add coeff · vector (r itself, not normalised) to

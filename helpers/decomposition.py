@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from helpers.files import pause_point
 from helpers.models import LoadedModel
 from helpers.saes import encode_batches, on_sae
 
@@ -404,6 +405,7 @@ def sparsity_curve(sae, target: Tensor, delta: Tensor, ks: list[int], adam_itera
     with exact least squares (`top_delta`); Kissane et al.'s procedure, the top-k by |Δf|·‖d‖ (`kissane_ranking`)
     with their Adam fit (`kissane_adam`) and with exact least squares (`kissane_lstsq`); and orthogonal matching
     pursuit over every row (`omp`, a greedy estimate of the best k latents can do)."""
+    pause_point("sparsity_curve")
     dec = unit_decoder(sae)
     order = delta.abs().argsort(descending=True)
     theirs = kissane_ranking(sae, delta)

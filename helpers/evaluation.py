@@ -82,9 +82,11 @@ def orthogonalized_copy(hf_model, direction: Tensor,
 
 @torch.no_grad()
 def orthogonalization_check(model: LoadedModel, direction: Tensor, instructions: list[str],
-                            project: Callable[[Tensor, Tensor], Tensor] = project_out_of_weight) -> float:
-    """Relative difference ||logits_orth - logits_hooked|| / ||logits_hooked|| over all real positions."""
-    orth = orthogonalized_copy(model.hf, direction, project)
+                            project: Callable[[Tensor, Tensor], Tensor] = project_out_of_weight,
+                            copy: Callable | None = None) -> float:
+    """Relative difference ||logits_orth - logits_hooked|| / ||logits_hooked|| over all real positions. `copy(hf_model,
+    direction, project)` builds the orthogonalized model (default `orthogonalized_copy`; a learner's plugs in)."""
+    orth = (copy or orthogonalized_copy)(model.hf, direction, project)
     enc = model.tokenize_instructions(instructions)
     pos = position_ids(enc["attention_mask"])
     mask = enc["attention_mask"].bool()

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from helpers.decomposition import unit_decoder
+from helpers.files import pause_point
 from helpers.hooks import Intervention
 from helpers.models import LoadedModel, position_ids
 from helpers.saes import on_sae
@@ -85,6 +86,7 @@ def refusal_gradient(model: LoadedModel, instruction: str, source_layer: int, ta
                      r_target: Tensor) -> RefusalGradient:
     """∇ R with respect to `blocks.{source_layer}.hook_resid_pre` at every position of one chat-formatted prompt
     (no padding), R the projection of `blocks.{target_layer}.hook_resid_pre` at the last token on r̂_target."""
+    pause_point("refusal_gradient")
     source, forward = layer_map(model, instruction, source_layer, target_layer)
     grad, R = projection_gradient(forward, source, r_target.to(model.device))
     ids = model.tokenize_instructions([instruction])["input_ids"]

@@ -405,11 +405,88 @@ SCORES_WRONG = [
 ]
 
 
+# -- orthogonalized_model(hf, r, project) -> a copy with r projected out of what writes to the residual stream ------
+
+def _orth(embed=True, attn=True, mlp=True, bias=True, untie=True, copy_first=True, layers=None, extra=(),
+          embed_side="transpose"):
+    import copy
+
+    def make(hf, r, project):
+        m = copy.deepcopy(hf) if copy_first else hf
+        with torch.no_grad():
+            emb = m.get_input_embeddings()
+            if untie:
+                m.lm_head.weight = torch.nn.Parameter(emb.weight.detach().clone())
+            if embed:
+                emb.weight.data = (project(emb.weight.data.T, r).T if embed_side == "transpose" else
+                                   project(emb.weight.data, r) if embed_side == "untransposed" else
+                                   emb.weight.data - torch.outer(emb.weight.data @ r, r) / (r @ r))
+            for i, layer in enumerate(m.model.layers):
+                if layers is not None and i not in layers:
+                    continue
+                for lin in ([layer.self_attn.o_proj] if attn else []) + ([layer.mlp.down_proj] if mlp else []):
+                    lin.weight.data = project(lin.weight.data, r)
+                    if bias and lin.bias is not None:
+                        lin.bias.data = project(lin.bias.data[:, None], r)[:, 0]
+                for attr in extra:
+                    lin = layer.self_attn.get_submodule(attr) if "proj" in attr and attr[0] in "qkv" else layer.mlp.get_submodule(attr)
+                    lin.weight.data = lin.weight.data - torch.outer(lin.weight.data @ r, r) / (r @ r)
+        return m
+    return make
+
+
+def _orth_by_name(hf, r, project):
+    import copy
+
+    m = copy.deepcopy(hf)
+    m.lm_head.weight = torch.nn.Parameter(m.lm_head.weight.detach().clone())
+    u = r / r.norm()
+    with torch.no_grad():
+        for n, prm in m.named_parameters():
+            if n.endswith(("o_proj.weight", "down_proj.weight")):
+                prm -= torch.outer(u, u @ prm)
+            elif n.endswith(("o_proj.bias", "down_proj.bias")):
+                prm -= (prm @ u) * u
+            elif n == "model.embed_tokens.weight":
+                prm -= torch.outer(prm @ u, u)
+    return m
+
+
+def _orth_untie_by_config(hf, r, project):
+    import copy
+
+    m = copy.deepcopy(hf)
+    m.config.tie_word_embeddings = False
+    m.lm_head.weight = torch.nn.Parameter(m.get_output_embeddings().weight.data.clone())
+    return _orth(untie=False, copy_first=False)(m, r, project)
+
+
+ORTHM_RIGHT = [_orth(), _orth_by_name, _orth_untie_by_config,
+               _orth(embed_side="rows")]  # W_E − (W_E r̂) r̂ᵀ is the transpose's projection written out
+ORTHM_WRONG = [
+    ("in place", _orth(copy_first=False), "changed the model it was given"),
+    ("returns None", lambda hf, r, p: None, "returned None"),
+    ("no embedding", _orth(embed=False), "token embedding was left out"),
+    ("tied unembedding", _orth(untie=False), "unembedding (lm_head) changed"),
+    ("no attention", _orth(attn=False), "attention outputs (self_attn.o_proj) were left out"),
+    ("no MLP", _orth(mlp=False), "MLP outputs (mlp.down_proj) were left out"),
+    ("no biases", _orth(bias=False), "biases were left out"),
+    ("layer 0 only", _orth(layers={0}), "layers 1 of 2"),
+    ("queries too", _orth(extra=("q_proj",)), "q_proj.weight changed, but it reads"),
+    ("MLP input too", _orth(extra=("up_proj",)), "up_proj.weight changed, but it reads"),
+    ("embedding untransposed", _orth(embed_side="untransposed"), "the embedding is [vocab, d_model]"),
+    ("stub", lambda hf, r, p: (_ for _ in ()).throw(NotImplementedError()), "still raises NotImplementedError"),
+    ("o_proj on its input side", lambda hf, r, p: _orth()(hf, r, lambda w, d: w - torch.outer(w @ _unit(d), _unit(d))
+                                                           if w.shape[0] == w.shape[1] else p(w, d)), None),
+]
+
+
 BATTERY = {
     "difference_of_means": (checks.difference_of_means, DOM_RIGHT, DOM_WRONG),
     "ablation_hooks": (checks.ablation_hooks, ABL_RIGHT, ABL_WRONG),
     "addition_hooks": (checks.addition_hooks, ADD_RIGHT, ADD_WRONG),
     "orthogonalize": (checks.orthogonalize, ORTH_RIGHT, ORTH_WRONG),
+    "orthogonalized_model": (checks.orthogonalized_model, ORTHM_RIGHT, ORTHM_WRONG),
     "reconstruction": (checks.reconstruction, RECON_RIGHT, RECON_WRONG),
     "max_cosine_latent": (checks.max_cosine_latent, MAXCOS_RIGHT, MAXCOS_WRONG),
     "least_squares": (checks.least_squares, LS_RIGHT, LS_WRONG),
@@ -430,6 +507,7 @@ def test_battery(exercise, capsys):
     for label, fn, hint in wrong:
         with pytest.raises(checks.CheckFailed) as e:
             check(fn)
+            pytest.fail(f"{exercise}: the wrong implementation {label!r} passed")
         message = str(e.value)
         if hint is None:
             assert GENERIC in message, f"{label}: now gets a named hint ({message}); name it in the battery"
