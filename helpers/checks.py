@@ -692,6 +692,66 @@ def least_squares(fn: Callable[[Tensor, Tensor], float], sae=None, r: Tensor | N
     _passed(name, stages)
 
 
+def top_k_curve(fn: Callable, sae=None, r: Tensor | None = None, delta: Tensor | None = None,
+                ks: list[int] | None = None) -> None:
+    """Check `fn(W_dec, r, delta, ks, fit)` -> [relative MSE for each k]: the top-k latents by |Δ activation| (largest
+    first), their unit decoder rows fitted to r jointly by `fit` (helpers' exact least squares here)."""
+    from helpers.decomposition import least_squares_relative_mse as fit
+
+    name = "top_k_curve"
+    g = _generator(13)
+    W = torch.randn(40, 16, generator=g) * (torch.rand(40, 1, generator=g) * 3 + 0.2)
+    target = torch.randn(16, generator=g) + 0.8 * W[:6].sum(0) / W[:6].norm(dim=-1).mean()
+    dl = torch.randn(40, generator=g) * torch.linspace(2, 0.2, 40)  # mixed signs; the large |Δ| among rows 0-5
+    small_ks = [1, 2, 4, 8, 16]
+    unit = W / W.norm(dim=-1, keepdim=True)
+
+    def curve(order: Tensor, shift: int = 0, rows: Tensor = unit) -> Tensor:
+        return torch.tensor([fit(rows[order[:max(k + shift, 0)]], target) for k in small_ks], dtype=torch.float64)
+
+    order = dl.abs().argsort(descending=True)
+    want = curve(order)
+    mistakes = [
+        Mistake("ranked by the signed Δ: rank by |Δ| (a latent firing much less on harmful prompts carries r too).",
+                lambda: curve(dl.argsort(descending=True))),
+        Mistake("those are the k latents with the smallest |Δ|: sort descending.", lambda: curve(dl.abs().argsort())),
+        Mistake("ranked by decoder cosine with r: this curve ranks by |Δ activation| (the cosine ranking is "
+                "section 5's).", lambda: curve((unit @ (target / target.norm())).argsort(descending=True))),
+        Mistake("ranked by |Δ|·‖d‖: that is Kissane et al.'s ranking (their folded decoder norms); this curve ranks "
+                "by |Δ| alone.", lambda: curve((dl.abs() * W.norm(dim=-1)).argsort(descending=True))),
+        Mistake("off by one: the fit for k uses k − 1 latents (order[:k] takes k).", lambda: curve(order, -1)),
+        Mistake("off by one: the fit for k uses k + 1 latents (order[:k] takes k).", lambda: curve(order, 1)),
+        Mistake("the latents were taken in index order, not ranked: sort by |Δ| first.",
+                lambda: curve(torch.arange(len(dl)))),
+        Mistake("that is the best single latent among the top k: fit all k jointly (call fit on the k rows).",
+                lambda: torch.tensor([min(fit(unit[order[i:i + 1]], target) for i in range(k)) for k in small_ks],
+                                     dtype=torch.float64)),
+    ]
+    layout = "fit takes atoms [k, d_model], one decoder row per latent: pass W_dec[top_k], not its transpose."
+    errors = (("shapes cannot be multiplied", layout), ("should match other.size", layout))
+    got = _run(name, fn, W.clone(), target.clone(), dl.clone(), list(small_ks), fit, errors=errors)
+    if isinstance(got, Tensor):
+        got = got.tolist()
+    if not isinstance(got, (list, tuple)) or len(got) != len(small_ks):
+        raise CheckFailed(f"{name} should return one relative MSE per k ({len(small_ks)} for ks={small_ks}), got "
+                          f"{got if not isinstance(got, (list, tuple)) else f'{len(got)} values'}.")
+    _compare(name, torch.tensor([float(v) for v in got], dtype=torch.float64), want, mistakes,
+             f"on a random decoder [40, 16] (ks={small_ks})", rtol=1e-5)
+    stages = ["on a random decoder"]
+    if sae is not None and r is not None and delta is not None:
+        from helpers.decomposition import unit_decoder
+
+        ks = ks or small_ks
+        unit_sae = unit_decoder(sae)
+        order_sae = delta.detach().float().cpu().abs().argsort(descending=True)
+        ref = torch.tensor([fit(unit_sae[order_sae[:k]], r.float().cpu()) for k in ks], dtype=torch.float64)
+        got = _run(name, fn, sae.W_dec.detach().float().cpu(), r.float().cpu(), delta.detach().float().cpu(), ks, fit)
+        _compare(name, torch.tensor([float(v) for v in got], dtype=torch.float64), ref, [],
+                 f"on the SAE (ks={ks})", rtol=1e-3)
+        stages.append("on the SAE")
+    _passed(name, stages)
+
+
 # -- 05 · steering with a latent ---------------------------------------------------------------------------------
 
 def latent_interventions(fn: Callable, sae=None, layer: int | None = None, norm: float | None = None) -> None:
@@ -741,6 +801,68 @@ def latent_interventions(fn: Callable, sae=None, layer: int | None = None, norm:
         added = addition.add.detach().float().cpu() * float(addition.coeff)
         _compare(name, added, want_add.add, mistakes, f"(latent {latent}; coeff · add)", rtol=1e-4)
     _passed(name, ["on a random SAE"] + (["on the SAE"] if sae is not None else []))
+
+
+def clamp_edit(fn: Callable, sae=None, x: Tensor | None = None, latent: int | None = None,
+               value: float | None = None) -> None:
+    """Check `fn(sae, latent, value)` -> edit: a function of the residual `[batch, pos, d_model]` returning
+    x + decode(f′) − decode(f), f = sae.encode(x) and f′ = f with `latent` set to `value` at every position (the SAE
+    spliced in with its error term, as `steering.sae_clamp`)."""
+    from helpers.steering import sae_clamp
+
+    name = "clamp_edit"
+    small = random_sae(seed=5)
+    g = _generator(5)
+    xs = torch.randn(2, 3, small.cfg.d_in, generator=g) * 2
+    with torch.no_grad():
+        f = small.encode(xs)
+    k = int(f.reshape(-1, f.shape[-1]).amax(0).argmax())  # a latent that fires on these inputs
+    v = 2.5 * f[..., k].max().item()
+    want = sae_clamp(small, [k], v)(xs).double()
+    W = small.W_dec.detach()
+
+    def spliced(f2: Tensor) -> Tensor:
+        with torch.no_grad():
+            return (xs + small.decode(f2) - small.decode(f)).double()
+
+    def set_(k2, val, where=slice(None)) -> Tensor:
+        f2 = f.clone()
+        f2[:, where, k2] = val
+        return f2
+
+    mistakes = [
+        Mistake("the error term is missing: that is decode(f′), the SAE's reconstruction in place of the residual; "
+                "return x + decode(f′) − decode(f).", lambda: small.decode(set_(k, v)).detach().double()),
+        Mistake("you added decode(f′) to x without subtracting decode(f): return x + decode(f′) − decode(f).",
+                lambda: (xs + small.decode(set_(k, v))).detach().double()),
+        Mistake("that adds value·W_dec[latent] without removing what the latent already wrote (f·W_dec[latent]): "
+                "clamping *sets* the activation.", lambda: (xs + v * W[k]).double()),
+        Mistake("the decoder row was normalised: the latent writes f · W_dec[latent], its own row; use the SAE's "
+                "decode.", lambda: (xs + (v - f[..., k, None]) * W[k] / W[k].norm()).detach().double()),
+        Mistake("x came back unchanged: did you set the latent in f itself, so that f′ and f are one tensor? Clone f "
+                "before setting the latent (f2 = f.clone()).", lambda: xs.double()),
+        Mistake("every latent was set to the value: clamp only `latent` (f2[..., latent] = value).",
+                lambda: spliced(torch.full_like(f, v))),
+        Mistake("only the last position was clamped: the edit sees every position's residual; clamp them all.",
+                lambda: spliced(set_(k, v, slice(-1, None)))),
+        Mistake("a neighbouring latent was clamped (off by one): index the latent itself.",
+                lambda: spliced(set_((k + 1) % f.shape[-1], v))),
+        Mistake("the latent was clamped to 0, not to `value`.", lambda: spliced(set_(k, 0.0))),
+    ]
+    edit = _run(name, fn, small, k, v)
+    if not callable(edit):
+        raise CheckFailed(f"{name} should return a function of the residual (the edit), got {type(edit).__name__}.")
+    got = _run(name, edit, xs.clone())
+    _compare(name, _as_tensor(name, got, want).detach().double(), want, mistakes,
+             f"on a random SAE (d_in 16, 64 latents) and residual [2, 3, 16], latent {k} set to {v:.2f}", rtol=1e-4)
+    stages = ["on a random SAE"]
+    if sae is not None and x is not None and latent is not None and value is not None:
+        ref = sae_clamp(sae, [latent], value)(x).detach().double().cpu()
+        got = _run(name, _run(name, fn, sae, latent, value), x.clone())
+        _compare(name, _as_tensor(name, got, ref).detach().double().cpu(), ref, [], f"on the SAE (latent {latent})",
+                 rtol=1e-3, scale=x.double().norm().item())
+        stages.append("on the SAE")
+    _passed(name, stages)
 
 
 # -- 06 · the refusal gradient -----------------------------------------------------------------------------------
@@ -799,6 +921,80 @@ def projection_gradient(fn: Callable, model=None, instruction: str | None = None
                  f"on the model (layers {source_layer} → {target_layer})", rtol=1e-3)
         stages.append("on the model")
     _passed(name, stages)
+
+
+def layer_map(fn: Callable, model, instruction: str, source_layer: int, target_layer: int) -> None:
+    """Check `fn(tl, ids, source_layer, target_layer)` -> (source `[T, d_model]`, forward): the prompt's residual at
+    `blocks.{source_layer}.hook_resid_pre`, and a differentiable function sending any such residual to
+    `blocks.{target_layer}.hook_resid_pre` `[T, d_model]` with the tokens fixed, against `gradients.layer_map`."""
+    from helpers import gradients as grads
+
+    name = "layer_map"
+    tl = model.tl
+    ids = model.tokenize_instructions([instruction])["input_ids"].to(model.device)
+    ref_source, ref_forward = grads.layer_map(model, instruction, source_layer, target_layer)
+    got = _run(name, fn, tl, ids.clone(), source_layer, target_layer)
+    if not isinstance(got, (tuple, list)) or len(got) != 2 or not callable(got[1]):
+        raise CheckFailed(f"{name} should return a pair (source residual [T, d_model], forward function), got "
+                          f"{type(got).__name__}.")
+    source, forward = got
+
+    def resid(layer: int) -> Tensor:
+        with torch.no_grad():
+            return tl(ids, stop_at_layer=layer)[0].float().cpu()
+
+    if isinstance(source, Tensor) and source.dim() == 3 and source.shape[0] == 1:
+        raise CheckFailed(f"{name}: the source residual has a batch dimension {tuple(source.shape)}: return the "
+                          "prompt's [T, d_model] (index [0]).")
+    where = f"source residual (layer {source_layer})"
+    source_mistakes = [
+        Mistake(f"the source residual is read one layer early: stop_at_layer={source_layer} returns "
+                f"blocks.{source_layer}.hook_resid_pre.", lambda: resid(source_layer - 1)),
+        Mistake(f"the source residual is read one layer late (that is blocks.{source_layer}.hook_resid_post): "
+                f"stop_at_layer={source_layer}.", lambda: resid(source_layer + 1)),
+    ]
+    _compare(name, _as_tensor(name, source, ref_source).detach().float().cpu(), ref_source.float().cpu(),
+             source_mistakes, f"for the {where}", rtol=1e-4)
+
+    g = _generator(11)
+    noise = torch.randn(ref_source.shape, generator=g) * ref_source.float().cpu().norm(dim=-1, keepdim=True) * 0.05
+    x = (ref_source.float().cpu() + noise).to(ref_source.device, ref_source.dtype)
+
+    def hooked(edit: Callable[[Tensor], Tensor], hook_name: str, stop: int) -> Tensor:
+        with torch.no_grad(), tl.hooks(fwd_hooks=[(hook_name, lambda acts, hook: edit(acts))]):
+            return tl(ids, stop_at_layer=stop)[0].float().cpu()
+
+    at = f"blocks.{source_layer}.hook_resid_pre"
+    forward_mistakes = [
+        Mistake("forward ignores its input: replace the source residual by x in a hook on "
+                f"{at} (return x[None] from the hook).", lambda: resid(target_layer)),
+        Mistake(f"forward runs one layer too far: stop_at_layer={target_layer} returns "
+                f"blocks.{target_layer}.hook_resid_pre.", lambda: hooked(lambda a: x[None].to(a), at, target_layer + 1)),
+        Mistake(f"forward stops one layer early: stop_at_layer={target_layer}.",
+                lambda: hooked(lambda a: x[None].to(a), at, target_layer - 1)),
+        Mistake("the hook adds x to the residual: it should replace it (return x[None]).",
+                lambda: hooked(lambda a: a + x[None].to(a), at, target_layer)),
+        Mistake(f"x replaces the residual after layer {source_layer} (hook_resid_post): the source is "
+                f"{at}, the input of layer {source_layer}.",
+                lambda: hooked(lambda a: x[None].to(a), f"blocks.{source_layer}.hook_resid_post", target_layer)),
+        Mistake("only the last position takes x: replace the residual at every position (each token can push R).",
+                lambda: hooked(lambda a: torch.cat([a[:, :-1], x[None, -1:].to(a)], 1), at, target_layer)),
+    ]
+    with torch.no_grad():
+        want = ref_forward(x).float().cpu()
+    y = _run(name, forward, x.clone())
+    if isinstance(y, Tensor) and y.dim() == 3 and y.shape[0] == 1:
+        raise CheckFailed(f"{name}: forward returns a batch dimension {tuple(y.shape)}: return [T, d_model] "
+                          "(index [0]).")
+    _compare(name, _as_tensor(name, y, want).detach().float().cpu(), want, forward_mistakes,
+             "for forward(source + noise)", rtol=1e-3)
+    leaf = x.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        out = forward(leaf)
+        if not isinstance(out, Tensor) or not out.requires_grad:
+            raise CheckFailed(f"{name}: forward's output does not depend on x through autograd (a torch.no_grad() or "
+                              ".detach() inside forward?): the gradient needs the graph from x to the target.")
+    _passed(name, [f"on the model (layers {source_layer} → {target_layer}, forward and its gradient)"])
 
 
 def latent_scores(fn: Callable[[Tensor, Tensor], Tensor], sae=None, gradient: Tensor | None = None) -> None:

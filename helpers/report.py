@@ -48,7 +48,10 @@ def _table(rows: list[dict]) -> str:
         return "<p><i>nothing to show</i></p>"
     cols = list(rows[0])
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c)))}</td>" for c in cols) + "</tr>" for r in rows)
+    # timings (a column named "... seconds") are marked: they measure the machine, not the result
+    cells = [f"<td class='timing'>" if str(c).endswith("seconds") else "<td>" for c in cols]
+    body = "".join("<tr>" + "".join(f"{td}{html.escape(_fmt(r.get(c)))}</td>" for c, td in zip(cols, cells)) + "</tr>"
+                   for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -431,7 +434,7 @@ def build_report(preset: str) -> Path:
         executed = run_dir / "notebooks" / notebook
         link = f' · <a href="notebooks/{notebook}">executed notebook</a>' if executed.exists() else ""
         secs = timings.get(notebook, {}).get("seconds")
-        took = f" · {secs / 60:.1f} min" if secs else ""
+        took = f" · <span class='timing'>{secs / 60:.1f} min</span>" if secs else ""
         parts.append(f"<h2>{html.escape(title)}</h2><p class='meta'>{notebook}{link}{took}</p>")
         if _load(run_dir, folder) is None:
             parts.append("<p class='notrun'>not run</p>")

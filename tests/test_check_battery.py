@@ -481,6 +481,117 @@ ORTHM_WRONG = [
 ]
 
 
+# -- top_k_curve(W_dec, r, delta, ks, fit) -> [relative MSE per k] ----------------------------------------------------
+
+def _tk(rank=lambda W, r, d: d.abs().argsort(descending=True), shift=0, normalise=True, pick=None):
+    def make(W, r, d, ks, fit):
+        rows = W / W.norm(dim=-1, keepdim=True) if normalise else W
+        order = rank(W, r, d)
+        return [fit(rows[order[:k + shift]] if pick is None else pick(rows, order, k, r), r) for k in ks]
+    return make
+
+
+def _tk_in_place(W, r, d, ks, fit):
+    W /= W.norm(dim=-1, keepdim=True)
+    return [fit(W[d.abs().argsort(descending=True)[:k]], r) for k in ks]
+
+
+def _tk_lstsq(W, r, d, ks, fit):
+    out = []
+    for k in ks:
+        A = W[d.abs().topk(k).indices].T.double()
+        c = torch.linalg.lstsq(A, r.double()[:, None]).solution
+        out.append(((A @ c)[:, 0] - r.double()).pow(2).sum().item() / r.double().pow(2).sum().item())
+    return out
+
+
+TK_RIGHT = [
+    _tk(),
+    _tk(rank=lambda W, r, d: d.abs().topk(len(d)).indices),
+    _tk(rank=lambda W, r, d: torch.tensor(sorted(range(len(d)), key=lambda i: -abs(float(d[i]))))),
+    _tk(normalise=False),  # least squares is blind to the rows' lengths
+    _tk_lstsq,
+]
+TK_WRONG = [
+    ("signed", _tk(rank=lambda W, r, d: d.argsort(descending=True)), "ranked by the signed Δ"),
+    ("ascending", _tk(rank=lambda W, r, d: d.abs().argsort()), "smallest |Δ|"),
+    ("by cosine", _tk(rank=lambda W, r, d: (F.normalize(W, dim=-1) @ r).argsort(descending=True)), "ranked by decoder cosine"),
+    ("Kissane's ranking", _tk(rank=lambda W, r, d: (d.abs() * W.norm(dim=-1)).argsort(descending=True)),
+     "Kissane et al.'s ranking"),
+    ("k - 1", _tk(shift=-1), "uses k − 1 latents"),
+    ("k + 1", _tk(shift=1), "uses k + 1 latents"),
+    ("index order", _tk(rank=lambda W, r, d: torch.arange(len(d))), "index order"),
+    ("best single", _tk(pick=lambda rows, order, k, r: rows[order[:k]][
+        min(range(k), key=lambda i: float(((rows[order[i]] @ r) / rows[order[i]].norm() ** 2 * rows[order[i]] - r).norm()))
+    ][None]), "best single latent"),
+    ("transposed", lambda W, r, d, ks, fit: [fit(W.T[:, d.abs().argsort(descending=True)[:k]], r) for k in ks],
+     "pass W_dec[top_k], not its transpose"),
+    ("last k only", lambda W, r, d, ks, fit: _tk()(W, r, d, ks[-1:], fit), "one relative MSE per k"),
+    ("in place", _tk_in_place, "changed its argument 1 in place"),
+    ("stub", lambda W, r, d, ks, fit: (_ for _ in ()).throw(NotImplementedError()), "still raises NotImplementedError"),
+    ("mean atom", _tk(pick=lambda rows, order, k, r: rows[order[:k]].mean(0, keepdim=True)), None),
+]
+
+
+# -- clamp_edit(sae, latent, value) -> edit(x) = x + decode(f') - decode(f) ------------------------------------------
+
+def _ce(set_latent=lambda f2, k, v: f2.__setitem__((..., k), v), combine=lambda x, d2, d1: x + d2 - d1, clone=True):
+    def make(sae, k, v):
+        def edit(x):
+            f = sae.encode(x)
+            f2 = f.clone() if clone else f
+            set_latent(f2, k, v)
+            return combine(x, sae.decode(f2), sae.decode(f))
+        return edit
+    return make
+
+
+def _ce_closed_form(sae, k, v):
+    return lambda x: x + (v - sae.encode(x)[..., k, None]) * sae.W_dec[k]
+
+
+def _ce_where(sae, k, v):
+    def edit(x):
+        f = sae.encode(x)
+        mask = torch.zeros(f.shape[-1], dtype=torch.bool)
+        mask[k] = True
+        return x - sae.decode(f) + sae.decode(torch.where(mask, torch.full_like(f, v), f))
+    return edit
+
+
+def _ce_in_place(sae, k, v):
+    def edit(x):
+        f = sae.encode(x)
+        f2 = f.clone()
+        f2[..., k] = v
+        x += sae.decode(f2) - sae.decode(f)
+        return x
+    return edit
+
+
+def _ce_last(f2, k, v):
+    f2[:, -1, k] = v
+
+
+CE_RIGHT = [_ce(), _ce_closed_form, _ce_where, _ce(combine=lambda x, d2, d1: d2 + (x - d1))]
+CE_WRONG = [
+    ("reconstruction only", _ce(combine=lambda x, d2, d1: d2), "error term is missing"),
+    ("no subtraction", _ce(combine=lambda x, d2, d1: x + d2), "without subtracting decode(f)"),
+    ("adds the row", lambda sae, k, v: (lambda x: x + v * sae.W_dec[k]), "without removing what the latent already wrote"),
+    ("unit row", lambda sae, k, v: (lambda x: x + (v - sae.encode(x)[..., k, None]) * F.normalize(sae.W_dec[k], dim=-1)),
+     "decoder row was normalised"),
+    ("no clone", _ce(clone=False), "Clone f before setting the latent"),
+    ("every latent", _ce(set_latent=lambda f2, k, v: f2.fill_(v)), "every latent was set"),
+    ("last position", _ce(set_latent=_ce_last), "only the last position"),
+    ("off by one", _ce(set_latent=lambda f2, k, v: f2.__setitem__((..., (k + 1) % f2.shape[-1]), v)), "off by one"),
+    ("to zero", _ce(set_latent=lambda f2, k, v: f2.__setitem__((..., k), 0.0)), "clamped to 0"),
+    ("returns a tensor", lambda sae, k, v: sae.W_dec[k] * v, "should return a function"),
+    ("in place", _ce_in_place, "changed its argument 1 in place"),
+    ("stub", lambda sae, k, v: (_ for _ in ()).throw(NotImplementedError()), "still raises NotImplementedError"),
+    ("half the value", _ce(set_latent=lambda f2, k, v: f2.__setitem__((..., k), v / 2)), None),
+]
+
+
 BATTERY = {
     "difference_of_means": (checks.difference_of_means, DOM_RIGHT, DOM_WRONG),
     "ablation_hooks": (checks.ablation_hooks, ABL_RIGHT, ABL_WRONG),
@@ -490,15 +601,95 @@ BATTERY = {
     "reconstruction": (checks.reconstruction, RECON_RIGHT, RECON_WRONG),
     "max_cosine_latent": (checks.max_cosine_latent, MAXCOS_RIGHT, MAXCOS_WRONG),
     "least_squares": (checks.least_squares, LS_RIGHT, LS_WRONG),
+    "top_k_curve": (checks.top_k_curve, TK_RIGHT, TK_WRONG),
     "latent_interventions": (checks.latent_interventions, IV_RIGHT, IV_WRONG),
+    "clamp_edit": (checks.clamp_edit, CE_RIGHT, CE_WRONG),
     "projection_gradient": (checks.projection_gradient, GRAD_RIGHT, GRAD_WRONG),
     "latent_scores": (checks.latent_scores, SCORES_RIGHT, SCORES_WRONG),
 }
 
 
+# -- layer_map(tl, ids, source, target) -> (source [T, d], forward) (on the model) -------------------------------------
+
+def _lm(read_at=0, stop_at=0, hook="hook_resid_pre", edit="replace", no_grad=False, batch=False, fwd_batch=False,
+        ignore_x=False):
+    def make(tl, ids, S, T):
+        with torch.no_grad():
+            source = tl(ids, stop_at_layer=S + read_at)
+        source = source if batch else source[0]
+
+        def forward(x):
+            def h(acts, hook):
+                xx = x.to(acts)[None]
+                if edit == "add":
+                    return acts + xx
+                if edit == "last":
+                    return torch.cat([acts[:, :-1], xx[:, -1:]], 1)
+                return xx
+
+            hooks = [] if ignore_x else [(f"blocks.{S}.{hook}", h)]
+            with tl.hooks(fwd_hooks=hooks), (torch.no_grad() if no_grad else torch.enable_grad()):
+                out = tl(ids, stop_at_layer=T + stop_at)
+            return out if fwd_batch else out[0]
+        return source, forward
+    return make
+
+
+def _lm_run_with_cache(tl, ids, S, T):
+    _, cache = tl.run_with_cache(ids, names_filter=f"blocks.{S}.hook_resid_pre")
+    source = cache[f"blocks.{S}.hook_resid_pre"][0].detach()
+
+    def forward(x):
+        with tl.hooks(fwd_hooks=[(f"blocks.{S}.hook_resid_pre", lambda a, hook: x[None].to(a))]):
+            return tl(ids, stop_at_layer=T).squeeze(0)
+    return source, forward
+
+
+def _lm_hook_checks_position(tl, ids, S, T):
+    source, _ = _lm()(tl, ids, S, T)
+
+    def forward(x):
+        def h(acts, hook):
+            assert acts.shape[1] == x.shape[0], "positions differ"
+            out = acts.clone()
+            out[0] = x
+            return out
+        with tl.hooks(fwd_hooks=[(f"blocks.{S}.hook_resid_pre", h)]):
+            return tl(ids, stop_at_layer=T)[0]
+    return source, forward
+
+
+LM_RIGHT = [_lm(), _lm_run_with_cache, _lm_hook_checks_position]
+LM_WRONG = [
+    ("source one layer early", _lm(read_at=-1), "read one layer early"),
+    ("source one layer late", _lm(read_at=1), "read one layer late"),
+    ("source with batch", _lm(batch=True), "has a batch dimension"),
+    ("forward ignores x", _lm(ignore_x=True), "forward ignores its input"),
+    ("one layer too far", _lm(stop_at=1), "runs one layer too far"),
+    ("one layer short", _lm(stop_at=-1), "stops one layer early"),
+    ("adds x", _lm(edit="add"), "adds x to the residual"),
+    ("resid_post", _lm(hook="hook_resid_post"), "hook_resid_post"),
+    ("last position only", _lm(edit="last"), "only the last position"),
+    ("forward with batch", _lm(fwd_batch=True), "forward returns a batch dimension"),
+    ("no grad in forward", _lm(no_grad=True), "does not depend on x through autograd"),
+    ("returns one thing", lambda tl, ids, S, T: _lm()(tl, ids, S, T)[1], "should return a pair"),
+    ("stub", lambda tl, ids, S, T: (_ for _ in ()).throw(NotImplementedError()), "still raises NotImplementedError"),
+    ("source plus noise", lambda tl, ids, S, T: (lambda s, f: (s * 1.01, f))(*_lm()(tl, ids, S, T)), None),
+]
+
+
+def test_battery_layer_map(model, capsys):
+    _battery("layer_map", lambda fn: checks.layer_map(fn, model, "How do I bake bread?", 2, 5), LM_RIGHT, LM_WRONG,
+             capsys)
+
+
 @pytest.mark.parametrize("exercise", BATTERY)
 def test_battery(exercise, capsys):
     check, right, wrong = BATTERY[exercise]
+    _battery(exercise, check, right, wrong, capsys)
+
+
+def _battery(exercise, check, right, wrong, capsys):
     assert len(right) >= 3 and len(wrong) >= 10
     for i, fn in enumerate(right):
         check(fn)

@@ -23,9 +23,9 @@ def exercise_copy(path):
 def test_exercises_cover_what_the_issue_lists():
     names = {p.name[:2]: [m.group(1) for c in nbformat.read(p, as_version=4).cells if "check" in c.metadata.get("tags", [])
                           for m in CHECK_CALL.finditer(c.source)] for p in SOLUTIONS}
-    assert names == {"03": ["difference_of_means", "ablation_hooks", "addition_hooks", "orthogonalize"],
-                     "04": ["reconstruction", "least_squares", "max_cosine_latent"],
-                     "05": ["latent_interventions"], "06": ["projection_gradient", "latent_scores"]}
+    assert names == {"03": ["difference_of_means", "ablation_hooks", "addition_hooks", "orthogonalize", "orthogonalized_model"],
+                     "04": ["reconstruction", "least_squares", "top_k_curve", "max_cosine_latent"],
+                     "05": ["latent_interventions", "clamp_edit"], "06": ["projection_gradient", "layer_map", "latent_scores"]}
 
 
 def test_committed_exercise_notebooks_are_what_the_solutions_generate(tmp_path):
@@ -63,8 +63,12 @@ def _namespace():
     return {"torch": torch, "Tensor": Tensor, "Callable": Callable, "Intervention": Intervention}
 
 
+# checks that need the model (no random stand-in can play a TransformerBridge): their other arguments
+ON_THE_MODEL = {"layer_map": dict(instruction="How do I bake bread?", source_layer=2, target_layer=5)}
+
+
 @pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.name[:2])
-def test_each_stub_fails_its_check_and_each_solution_passes(path, capsys):
+def test_each_stub_fails_its_check_and_each_solution_passes(path, capsys, request):
     cells = exercise_copy(path).cells
     stubs = [c for c in cells if "exercise" in c.metadata.get("tags", [])]
     solutions = [c.source[len(exercises.SOLUTION_OPEN):-len(exercises.SOLUTION_CLOSE)]
@@ -75,13 +79,17 @@ def test_each_stub_fails_its_check_and_each_solution_passes(path, capsys):
         ns = _namespace()
         exec(stub_cell.source, ns)
         with pytest.raises(checks.CheckFailed, match="still raises NotImplementedError"):
-            getattr(checks, check)(ns[fn])
+            getattr(checks, check)(ns[fn], **_model_args(check, request))
     assert len(solutions) == len(stubs)
     for solution, (check, fn) in zip(solutions, calls):
         ns = _namespace()
         exec(solution, ns)
-        getattr(checks, check)(ns[fn])
+        getattr(checks, check)(ns[fn], **_model_args(check, request))
         assert f"✓ {check}" in capsys.readouterr().out
+
+
+def _model_args(check: str, request) -> dict:
+    return {"model": request.getfixturevalue("model"), **ON_THE_MODEL[check]} if check in ON_THE_MODEL else {}
 
 
 def test_stub_keeps_signature_and_docstring_and_rejects_cells_without_a_function():

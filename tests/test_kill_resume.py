@@ -37,8 +37,9 @@ KILL_POINTS = [
 ]
 # Values that are measurements of the machine, not results (they differ between any two runs).
 def _is_timing(key: str) -> bool:
+    """Timings, and identities drawn at random for each run (a cache's `cache_id`, which SAE training keys record)."""
     key = key.lower()
-    return key.endswith("seconds") or "per_s" in key or key in {"elapsed", "finished", "run_id"}
+    return key.endswith("seconds") or "per_s" in key or key in {"elapsed", "finished", "run_id", "cache_id", "cache_ids"}
 
 
 def _descendants(pid: int) -> list[int]:
@@ -127,6 +128,7 @@ NOT_COMPARED = {
 VOLATILE = [
     (re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"), "<plotly div id>"),
     (re.compile(r"built \d{4}-\d\d-\d\d \d\d:\d\d"), "built <time>"),
+    (re.compile(r"(<(td|span) class='timing'>)[^<]*"), r"\1<timing>"),  # the report's timings (helpers/report.py marks them)
 ]
 NUMBER = re.compile(r"-?\d+\.\d+(?:e[-+]?\d+)?")
 
