@@ -171,9 +171,9 @@ def test_an_exercise_notebook_opened_cold_in_jupyterlab(tmp_path):
     assert result["hints_collapsed"] and result["collapsed_before"] and "def reconstruction" in result["revealed"], result
     assert result["first_run_ok"] is False and len(result["first_run_errors"]) == 1, result
     assert "CheckFailed" in result["first_run_errors"][0] and "still raises NotImplementedError" in result["first_run_errors"][0]
-    assert result["filled"] == 3 and result["second_run_ok"] is True and result["errors_after"] == [], result
+    assert result["filled"] == 4 and result["second_run_ok"] is True and result["errors_after"] == [], result
     assert {line.split(":")[0] for line in result["passed_checks"]} == {"✓ reconstruction", "✓ least_squares",
-                                                                         "✓ max_cosine_latent"}, result
+                                                                         "✓ top_k_curve", "✓ max_cosine_latent"}, result
     assert len(result["cold_start"]) == 1 and f"notebook(s) {missing} have not run" in result["cold_start"][0], result
     assert result["cold_start_again"] == [], "the second run must find what the first built"
     assert result["results_written"] and "Kissane et al. 2024" in result["last_output"], result  # the last cell: claims

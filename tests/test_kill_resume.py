@@ -128,7 +128,11 @@ NOT_COMPARED = {
 VOLATILE = [
     (re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"), "<plotly div id>"),
     (re.compile(r"built \d{4}-\d\d-\d\d \d\d:\d\d"), "built <time>"),
-    (re.compile(r"(<(td|span) class='timing'>)[^<]*"), r"\1<timing>"),  # the report's timings (helpers/report.py marks them)
+    # the report's notebook header: the runner's link to the executed notebook and its time (nbmake's reference run
+    # has neither), then every timing the report marks (helpers/report.py)
+    (re.compile(r"( · <a href=\"notebooks/[^\"]*\">executed notebook</a>)?( · <span class='timing'>[^<]*</span>)?</p>"),
+     "</p>"),
+    (re.compile(r"(<td class='timing'>)[^<]*"), r"\1<timing>"),
 ]
 NUMBER = re.compile(r"-?\d+\.\d+(?:e[-+]?\d+)?")
 
