@@ -1,10 +1,10 @@
 """kill -9 anywhere: the whole smoke main job (the runner and its kernel) is killed with SIGKILL at several points,
 rerun until it finishes, and must end with the files of an uninterrupted run and no half-written file.
 
-The points (eight: inside every notebook, and the report) are reached deterministically through `helpers.files.pause_point`: with REFUSAL_PAUSE_AT="event:n" the
-process that reaches `event` the n-th time writes a marker and waits, and the test then kills every process of the
-job at once. The whole smoke job runs again, killed and resumed (~5 min on 2 cores with the smoke preset's tiny
-model); `-m "not slow"` leaves it out.
+The points (eight: inside every notebook, and the report) are reached deterministically through
+`helpers.files.pause_point`: with REFUSAL_PAUSE_AT="event:n" the process that reaches `event` the n-th time writes a
+marker and waits, and the test then kills every process of the job at once. The whole smoke job runs again, killed
+and resumed (~6 min on 2 cores with the smoke preset's tiny model); `-m "not slow"` leaves it out.
 """
 
 from __future__ import annotations
