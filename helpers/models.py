@@ -262,6 +262,22 @@ def check_model_folder(path: Path) -> None:
                              "and load again to rebuild it.")
 
 
+def alternating(messages: list[dict]) -> list[dict]:
+    """The conversation with consecutive turns of one role merged (contents joined by a blank line) and an empty
+    user turn before an assistant turn that would come first: what templates requiring user/assistant alternation
+    (Mistral's) accept."""
+    out: list[dict] = []
+    for m in messages:
+        if out and out[-1]["role"] == m["role"]:
+            out[-1] = {**out[-1], "content": f"{out[-1]['content']}\n\n{m['content']}"}
+        else:
+            out.append(dict(m))
+    first = 1 if out and out[0]["role"] == "system" else 0
+    if len(out) > first and out[first]["role"] == "assistant":
+        out.insert(first, {"role": "user", "content": ""})
+    return out
+
+
 @dataclass
 class LoadedModel:
     """A Hugging Face model behind TransformerLens' `TransformerBridge`, and the chat format."""
@@ -332,7 +348,13 @@ class LoadedModel:
             if any(m["role"] == "system" for m in messages) and "system" in str(e).lower():
                 raise ValueError(f"{self.name}'s chat template has no system role ({e}): use system_prompt=None "
                                  "(no system turn) or 'default'.") from e
-            raise
+            if "alternate" not in str(e).lower():
+                raise
+            # a template that insists on user/assistant alternation (Mistral's) and a corpus conversation that does
+            # not alternate (repeated turns, or the assistant first): rendered as the alternating conversation it
+            # means; templates that accept the conversation as it is never come here
+            text = self.tokenizer.apply_chat_template(alternating(messages), tokenize=False,
+                                                      add_generation_prompt=add_generation_prompt)
         if self.tokenizer.bos_token and text.startswith(self.tokenizer.bos_token) and self._adds_bos:
             # The tokenizer adds BOS itself (Llama's, Gemma's): keep one, not two.
             text = text[len(self.tokenizer.bos_token):]

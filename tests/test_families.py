@@ -210,3 +210,28 @@ def test_smollm2_template_without_its_default_system_turn():
     default = replace(model, system_prompt="default").format_chat("Hi")
     assert default.startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
     assert "Be brief." in replace(model, system_prompt="Be brief.").format_chat("Hi")
+
+
+def test_a_corpus_conversation_that_does_not_alternate_renders_for_every_family(family):
+    """Chat corpora hold repeated turns and conversations that open with the assistant; Mistral's template rejects
+    both, so `format_messages` renders the alternating conversation they mean (`models.alternating`). Templates that
+    accept the conversation render it unchanged."""
+    from helpers.models import alternating
+
+    messy = [{"role": "user", "content": "Hi."}, {"role": "user", "content": "Are you there?"},
+             {"role": "assistant", "content": "Yes."}]
+    assert alternating(messy) == [{"role": "user", "content": "Hi.\n\nAre you there?"},
+                                  {"role": "assistant", "content": "Yes."}]
+    assert alternating([{"role": "assistant", "content": "Text."}]) == [
+        {"role": "user", "content": ""}, {"role": "assistant", "content": "Text."}]
+    assert alternating([{"role": "system", "content": "S"}, {"role": "assistant", "content": "A"}])[1] == {
+        "role": "user", "content": ""}
+    for conversation in (messy, [{"role": "assistant", "content": "Text."}]):
+        text = family.format_messages(conversation)
+        assert "Are you there?" in text or "Text." in text
+        try:
+            family.tokenizer.apply_chat_template(conversation, tokenize=False)
+        except Exception:  # noqa: BLE001 - the template rejects it: the alternating form is what is rendered
+            assert text == family.format_messages(alternating(conversation))
+        else:  # accepted as it is: rendered as it is (the alternating form would read differently)
+            assert text != family.format_messages(alternating(conversation))
