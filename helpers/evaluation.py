@@ -80,6 +80,14 @@ def orthogonalized_copy(hf_model, direction: Tensor,
     return hf
 
 
+def post_block_norms(hf_model) -> bool:
+    """Whether each block normalises its attention and MLP outputs before adding them to the residual stream (Gemma 2
+    and 3's post-attention / post-feedforward norms): then no weight edit removes a direction from what a block
+    writes, and weight orthogonalization only approximates the ablation (measured on tiny random Gemma 2 / 3 models:
+    relative logit differences of 3.6e-2 to 5.0e-2, against 1.4e-6 for Llama)."""
+    return hasattr(hf_model.model.layers[0], "post_feedforward_layernorm")
+
+
 @torch.no_grad()
 def orthogonalization_check(model: LoadedModel, direction: Tensor, instructions: list[str],
                             project: Callable[[Tensor, Tensor], Tensor] = project_out_of_weight,
