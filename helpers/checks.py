@@ -375,10 +375,8 @@ def tiny_llama(seed: int = 0):
 _UNCHANGED_HINTS = (
     ("embed_tokens", "the token embedding was left out: it writes each token's vector into the residual stream "
                      "(orthogonalize its transpose: rows are tokens)."),
-    ("o_proj.bias", "the biases were left out: o_proj's and down_proj's biases are added to the residual stream too "
-                    "(project each as one column, project(b[:, None], r)[:, 0])."),
-    ("down_proj.bias", "the biases were left out: o_proj's and down_proj's biases are added to the residual stream "
-                       "too (project each as one column, project(b[:, None], r)[:, 0])."),
+    ("proj.bias", "the biases were left out: o_proj's and down_proj's biases are added to the residual stream too "
+                  "(project each as one column, project(b[:, None], r)[:, 0])."),
     ("o_proj", "the attention outputs (self_attn.o_proj) were left out: attention writes into the residual stream."),
     ("down_proj", "the MLP outputs (mlp.down_proj) were left out: the MLP writes into the residual stream."),
 )

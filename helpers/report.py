@@ -49,7 +49,7 @@ def _table(rows: list[dict]) -> str:
     cols = list(rows[0])
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)
     # timings (a column named "... seconds") are marked: they measure the machine, not the result
-    cells = [f"<td class='timing'>" if str(c).endswith("seconds") else "<td>" for c in cols]
+    cells = ["<td class='timing'>" if str(c).endswith("seconds") else "<td>" for c in cols]
     body = "".join("<tr>" + "".join(f"{td}{html.escape(_fmt(r.get(c)))}</td>" for c, td in zip(cols, cells)) + "</tr>"
                    for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
