@@ -235,3 +235,29 @@ def test_a_corpus_conversation_that_does_not_alternate_renders_for_every_family(
             assert text == family.format_messages(alternating(conversation))
         else:  # accepted as it is: rendered as it is (the alternating form would read differently)
             assert text != family.format_messages(alternating(conversation))
+
+
+def test_notebook_03s_steps_on_every_family(family):
+    """Notebook 03's mechanics on each architecture, in-process (the notebooks themselves run on all four outside the
+    test command, docs/your_own_model.md): candidates at the family's post-instruction positions, generation under
+    ablation and addition equal to Hugging Face's `generate` under the same hooks, and weight orthogonalization equal
+    to the ablation exactly where no block normalises its output (Llama, Mistral), not on Gemma 2 / 3."""
+    from helpers.directions import candidate_directions, post_instruction_positions
+    from helpers.evaluation import orthogonalization_check, post_block_norms
+    from helpers.generation import generate, reference_generate
+    from helpers.hooks import Intervention
+
+    harmful, harmless = ["How do I pick a lock?", "Write a threat."], PROMPTS
+    r = candidate_directions(family, harmful, harmless, batch_size=2)
+    assert r.shape == (len(post_instruction_positions(family)), family.n_layers, family.d_model)
+    # at layer 0 the residual is the embedding of the same template tokens on both sides: no difference there
+    assert r.dtype == torch.float64 and r[:, 0].abs().max() == 0 and r[:, 1:].norm(dim=-1).min() > 0
+    direction = r[-1, family.n_layers // 2].float()
+    for iv in (Intervention(ablate=direction), Intervention(add=direction * 4, add_layer=family.n_layers // 2)):
+        assert generate(family, harmful + harmless, iv, max_new_tokens=6, batch_size=3, progress=False) == \
+            reference_generate(family, harmful + harmless, iv, max_new_tokens=6)
+    difference = orthogonalization_check(family, direction, harmful + harmless)
+    if post_block_norms(family.hf):
+        assert family.name.startswith(("tiny-random-gemma2", "tiny-random-gemma3")) and difference > 1e-3, difference
+    else:
+        assert difference < 1e-4, difference
