@@ -163,10 +163,62 @@ def generate(check: bool = False, solutions: Path = NOTEBOOKS, out: Path = EXERC
     return changed
 
 
+def exercise_waits(executed: nbformat.NotebookNode) -> dict:
+    """A learner's compute waits in an executed notebook (papermill's per-cell durations; the numbered notebooks are
+    their exercise copies with the solutions filled in, cell for cell): seconds before the first exercise, before each
+    later one (from the previous exercise's check), in each exercise's check cells, after the last check, and in all."""
+    def seconds(cell: nbformat.NotebookNode) -> float:
+        return float(cell.metadata.get("papermill", {}).get("duration") or 0.0)
+
+    if not any("duration" in c.metadata.get("papermill", {}) for c in executed.cells):
+        raise ValueError("no per-cell durations: pass a notebook executed by the runner (runs/<preset>/notebooks/).")
+    exercises, waited = [], 0.0
+    for cell in executed.cells:
+        tags = cell.metadata.get("tags", [])
+        if "exercise-header" in tags:
+            title = cell.source.splitlines()[0].lstrip("# ").strip()
+            exercises.append({"title": title, "wait_before_s": round(waited, 1), "check_s": 0.0})
+            waited = 0.0
+        elif "check" in tags and exercises:
+            exercises[-1]["check_s"] = round(exercises[-1]["check_s"] + seconds(cell), 1)
+        else:
+            waited += seconds(cell)
+    return {"total_s": round(sum(seconds(c) for c in executed.cells), 1), "exercises": exercises,
+            "after_last_check_s": round(waited, 1)}
+
+
+def waits_table(run_dir: Path) -> tuple[dict, str]:
+    """`exercise_waits` of every executed notebook with exercises under `run_dir/notebooks`, and a Markdown table."""
+    folder = run_dir / "notebooks"
+    names = [p.name for p in solution_notebooks()]
+    found = {n: exercise_waits(nbformat.read(folder / n, as_version=4)) for n in names if (folder / n).exists()}
+    if not found:
+        raise SystemExit(f"No executed notebook with exercises in {folder}: run `python -m helpers.runner --preset teach` "
+                         "first.")
+    rows = ["| notebook | before exercise 1 | before each later exercise | in the checks | after the last check | "
+            "total |", "|---|---|---|---|---|---|"]
+    for name, w in found.items():
+        later = ", ".join(f"{e['wait_before_s']:.0f}" for e in w["exercises"][1:]) or "–"
+        rows.append(f"| {name[:2]} | {w['exercises'][0]['wait_before_s']:.0f} s | {later} s | "
+                    f"{sum(e['check_s'] for e in w['exercises']):.0f} s | {w['after_last_check_s']:.0f} s | "
+                    f"{w['total_s']:.0f} s |")
+    return found, "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="Generate notebooks/exercises/ from the numbered notebooks.")
     ap.add_argument("--check", action="store_true", help="only compare; exit 1 if a committed copy differs")
+    ap.add_argument("--waits", type=Path, metavar="RUN_DIR",
+                    help="instead: a learner's compute waits in the notebooks a run executed (e.g. runs/teach), "
+                         "written to RUN_DIR/exercise_waits.json and printed as a table")
     args = ap.parse_args(argv)
+    if args.waits:
+        from helpers.files import atomic_write_json
+
+        found, table = waits_table(args.waits)
+        atomic_write_json(args.waits / "exercise_waits.json", found)
+        print(table)
+        return
     changed = generate(check=args.check)
     if args.check and changed:
         sys.exit(f"{', '.join(p.name for p in changed)} in notebooks/exercises/ differ from what the numbered "

@@ -138,3 +138,31 @@ def test_each_exercise_has_progressive_hints_before_its_solution(path):
         assert 1 <= text.count("<summary>Hint ") <= 3, (path.name, i)
         assert "*If the check fails:*" in text
         assert "solution" in cells[j].metadata.get("tags", []), "the solution comes after the hints"
+
+
+def test_exercise_waits_adds_up_a_learners_compute_between_exercises(tmp_path):
+    """`python -m helpers.exercises --waits RUN_DIR` (docs/teaching.md's measured waits): papermill's durations summed
+    before the first exercise, between one exercise's check and the next exercise, in the checks and after the last."""
+    from helpers.exercises import exercise_waits, main
+
+    def cell(kind: str, seconds: float, tags: tuple = (), source: str = "x = 1") -> nbformat.NotebookNode:
+        c = nbformat.v4.new_markdown_cell(source) if kind == "md" else nbformat.v4.new_code_cell(source)
+        c.metadata = {"tags": list(tags), "papermill": {"duration": seconds}}
+        return c
+
+    nb = nbformat.v4.new_notebook(cells=[
+        cell("code", 2.0), cell("code", 4.0, ("parameters",)), cell("md", 0.01),
+        cell("md", 0.0, ("exercise-header",), "### Exercise 1 · First\n\n> Difficulty"), cell("code", 0.01, ("exercise",)),
+        cell("md", 0.0, ("hint",)), cell("code", 1.5, ("check",)), cell("code", 10.0),
+        cell("md", 0.0, ("exercise-header",), "### Exercise 2 · Second"), cell("code", 0.0, ("exercise",)),
+        cell("code", 0.5, ("check",)), cell("code", 3.0), cell("md", 0.0)])
+    w = exercise_waits(nb)
+    assert w["exercises"] == [{"title": "Exercise 1 · First", "wait_before_s": 6.0, "check_s": 1.5},
+                              {"title": "Exercise 2 · Second", "wait_before_s": 10.0, "check_s": 0.5}]
+    assert w["after_last_check_s"] == 3.0 and w["total_s"] == 21.0
+    for c in nb.cells:
+        del c.metadata["papermill"]
+    with pytest.raises(ValueError, match="no per-cell durations"):
+        exercise_waits(nb)
+    with pytest.raises(SystemExit, match="No executed notebook with exercises in .*helpers.runner --preset teach"):
+        main(["--waits", str(tmp_path)])
