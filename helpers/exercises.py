@@ -35,7 +35,7 @@ SOLUTION_CLOSE = "\n```\n\n</details>"
 # The numbered notebooks default to the offline preset; the exercise copies to the class size, saying so when run
 SOLUTION_PRESET = 'PRESET = os.environ.get("REFUSAL_PRESET", "offline")'
 EXERCISE_PRESET = ('PRESET = os.environ.get("REFUSAL_PRESET", "teach")  # the exercise copies run at the class size\n'
-                   'print(f"Preset {PRESET!r}" + (" (the exercise copies\' default: ~15 min for notebooks 00-06 on 2 CPU '
+                   'print(f"Preset {PRESET!r}" + (" (the exercise copies\' default: ~18 min for notebooks 00-06 on 2 CPU '
                    'cores; set REFUSAL_PRESET=offline for the full size)" if "REFUSAL_PRESET" not in os.environ else ""))')
 
 
