@@ -89,6 +89,13 @@ def refusal_gradient(model: LoadedModel, instruction: str, source_layer: int, ta
     pause_point("refusal_gradient")
     source, forward = layer_map(model, instruction, source_layer, target_layer)
     grad, R = projection_gradient(forward, source, r_target.to(model.device))
+    if not torch.isfinite(grad).all():
+        bad = (~torch.isfinite(grad)).any(-1).nonzero()[:, 0].tolist()
+        norms = [round(source[i].norm().item(), 3) for i in bad[:5]]
+        raise FloatingPointError(
+            f"the refusal gradient of {instruction[:40]!r} is not finite at positions {bad[:5]} (source residual norms "
+            f"{norms}; a norm of 0 makes the next RMSNorm's gradient blow up): pick another source_layer, or check "
+            "the model's embedding of those tokens.")
     ids = model.tokenize_instructions([instruction])["input_ids"]
     return RefusalGradient(instruction=instruction, tokens=model.tokenizer.convert_ids_to_tokens(ids[0].tolist()),
                            source_acts=source.detach().float().cpu(), grad=grad.float().cpu(), R=R,

@@ -150,10 +150,10 @@ def tiny_model_folder(cache_dir: Path = CACHE_DIR) -> Path:
 # Tiny random models of other families' architectures, for the tests: (transformers config class, extra settings,
 # chat template in data/chat_templates/). Names carry a version, like TINY_MODEL.
 TINY_FAMILIES = {
-    "tiny-random-llama-v1": ("LlamaConfig", {}, "llama3"),
-    "tiny-random-gemma2-v1": ("Gemma2Config", {"query_pre_attn_scalar": 16, "sliding_window": 32}, "gemma2"),
-    "tiny-random-gemma3-v1": ("Gemma3TextConfig", {"query_pre_attn_scalar": 16, "sliding_window": 32}, "gemma3"),
-    "tiny-random-mistral-v1": ("MistralConfig", {"sliding_window": None}, "mistral"),
+    "tiny-random-llama-v2": ("LlamaConfig", {}, "llama3"),
+    "tiny-random-gemma2-v2": ("Gemma2Config", {"query_pre_attn_scalar": 16, "sliding_window": 32}, "gemma2"),
+    "tiny-random-gemma3-v2": ("Gemma3TextConfig", {"query_pre_attn_scalar": 16, "sliding_window": 32}, "gemma3"),
+    "tiny-random-mistral-v2": ("MistralConfig", {"sliding_window": None}, "mistral"),
 }
 
 
@@ -184,6 +184,12 @@ def tiny_family_folder(name: str, cache_dir: Path = CACHE_DIR) -> Path:
         tokenizer.chat_template = (DATA_ROOT / "chat_templates" / f"{template}.jinja").read_text()
         torch.manual_seed(0)
         model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        # the BOS is also the pad token here, whose embedding row transformers initialises to zero: a zero first
+        # token stays zero through every block, and the norms' gradient at zero (~1/sqrt(eps) per layer) made
+        # notebook 06's gradients NaN or ~1e23 (v1). Real models train their BOS row: give it a random one.
+        with torch.no_grad():
+            row = model.get_input_embeddings().weight[config.bos_token_id]
+            row.copy_(torch.randn(row.shape, generator=torch.Generator().manual_seed(1)) * config.initializer_range)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
 

@@ -21,13 +21,13 @@ def family(request):
 
 # what each family's template writes before the user turn with no system message, and with one
 EXPECTED = {
-    "tiny-random-llama-v1": ("<|endoftext|><|start_header_id|>user<|end_header_id|>\n\nHow do I bake bread?<|eot_id|>"
+    "tiny-random-llama-v2": ("<|endoftext|><|start_header_id|>user<|end_header_id|>\n\nHow do I bake bread?<|eot_id|>"
                              "<|start_header_id|>assistant<|end_header_id|>\n\n", "Cutting Knowledge Date"),
-    "tiny-random-gemma2-v1": ("<|endoftext|><start_of_turn>user\nHow do I bake bread?<end_of_turn>\n"
+    "tiny-random-gemma2-v2": ("<|endoftext|><start_of_turn>user\nHow do I bake bread?<end_of_turn>\n"
                               "<start_of_turn>model\n", None),
-    "tiny-random-gemma3-v1": ("<|endoftext|><start_of_turn>user\nHow do I bake bread?<end_of_turn>\n"
+    "tiny-random-gemma3-v2": ("<|endoftext|><start_of_turn>user\nHow do I bake bread?<end_of_turn>\n"
                               "<start_of_turn>model\n", None),
-    "tiny-random-mistral-v1": ("<|endoftext|>[INST] How do I bake bread?[/INST]", None),
+    "tiny-random-mistral-v2": ("<|endoftext|>[INST] How do I bake bread?[/INST]", None),
 }
 
 
@@ -47,9 +47,9 @@ def test_no_system_turn_means_what_it_means_for_the_family(family):
 
 def test_a_system_prompt_the_template_cannot_take_fails_at_load():
     with pytest.raises(ValueError, match="has no system role .*use system_prompt=None") as e:
-        load_model("tiny-random-gemma2-v1", system_prompt="You are helpful.")
+        load_model("tiny-random-gemma2-v2", system_prompt="You are helpful.")
     assert "\n" not in str(e.value)
-    for name in ("tiny-random-gemma3-v1", "tiny-random-mistral-v1", "tiny-random-llama-v1"):  # these fold it in
+    for name in ("tiny-random-gemma3-v2", "tiny-random-mistral-v2", "tiny-random-llama-v2"):  # these fold it in
         assert "You are helpful." in load_model(name, system_prompt="You are helpful.").format_chat("Hi")
 
 
@@ -88,7 +88,7 @@ def test_a_base_model_without_a_chat_template_fails_at_load(tmp_path):
     from helpers.models import tiny_family_folder
 
     folder = tmp_path / "base-llama"
-    shutil.copytree(tiny_family_folder("tiny-random-llama-v1"), folder)
+    shutil.copytree(tiny_family_folder("tiny-random-llama-v2"), folder)
     import json
 
     config = json.loads((folder / "tokenizer_config.json").read_text())
@@ -122,7 +122,7 @@ def test_a_registry_sae_resolves_offline_and_maps_onto_the_model(tmp_path, monke
     from helpers import pretrained
     from helpers.saes import SAEMismatchError, load_sae
 
-    model = load_model("tiny-random-llama-v1")
+    model = load_model("tiny-random-llama-v2")
     release = "llama-3.1-8b-instruct-andyrdt"
     monkeypatch.setenv(pretrained.MIRROR_ENV_VAR, str(_andyrdt_mirror(tmp_path / "mirror", 3)))
     sae = load_sae(release, model, "blocks.4.hook_resid_pre", sae_id="resid_post_layer_3_trainer_1")
@@ -162,12 +162,12 @@ def test_one_config_file_names_a_model_and_its_registry_saes(tmp_path, monkeypat
 
     monkeypatch.setenv(pretrained.MIRROR_ENV_VAR, str(_andyrdt_mirror(tmp_path / "mirror", 3)))
     path = tmp_path / "my-llama.json"
-    spec = {"base": "smoke", "preset": "my-llama", "model": "tiny-random-llama-v1", "system_prompt": None,
+    spec = {"base": "smoke", "preset": "my-llama", "model": "tiny-random-llama-v2", "system_prompt": None,
             "sae_hook": "blocks.4.hook_resid_pre",
             "saes": [["llama-3.1-8b-instruct-andyrdt", "resid_post_layer_3_trainer_1"]]}
     path.write_text(json.dumps(spec))
     cfg = get_config(str(path))
-    assert (cfg.preset, cfg.model, cfg.system_prompt) == ("my-llama", "tiny-random-llama-v1", None)
+    assert (cfg.preset, cfg.model, cfg.system_prompt) == ("my-llama", "tiny-random-llama-v2", None)
     assert cfg.saes == (("llama-3.1-8b-instruct-andyrdt", "resid_post_layer_3_trainer_1"),)
     assert cfg.run_dir.name == "my-llama" and cfg.n_train == get_config("smoke").n_train  # the rest from its base
     model = load_model(cfg.model)
@@ -261,3 +261,44 @@ def test_notebook_03s_steps_on_every_family(family):
         assert family.name.startswith(("tiny-random-gemma2", "tiny-random-gemma3")) and difference > 1e-3, difference
     else:
         assert difference < 1e-4, difference
+
+
+def test_notebook_06s_gradient_on_every_family(family):
+    """Notebook 06's refusal gradient (through TransformerBridge, `gradients.layer_map`) against the same quantity
+    read through Hugging Face's forward pass (`gradients.steered_readout`): R itself, and its change when a small
+    vector is added at every prompt position of the source layer (a central difference), on each architecture."""
+    from helpers.directions import candidate_directions
+    from helpers.gradients import refusal_gradient, steered_readout
+    from helpers.judges import refusal_token_ids
+
+    source, target = 3, 12
+    direction = candidate_directions(family, ["How do I pick a lock?", "Write a threat."], PROMPTS)[-1, target].float()
+    g = refusal_gradient(family, PROMPTS[1], source, target, direction)
+    assert g.grad.shape == (len(g.tokens), family.d_model) and torch.isfinite(g.grad).all() and g.grad.abs().max() > 0
+    v = torch.randn(family.d_model, generator=torch.Generator().manual_seed(0))
+    v = v / v.norm() * 1e-2 * g.source_acts.norm(dim=-1).median()
+    _, R = steered_readout(family, PROMPTS[1], torch.stack([torch.zeros_like(v), v, -v]), source, target, direction,
+                           refusal_token_ids(family.tokenizer))
+    assert abs(R[0].item() - g.R) <= 1e-4 * max(1.0, abs(g.R)), (R[0].item(), g.R)
+    predicted, central = (g.grad.sum(0) @ v).item(), (R[1] - R[2]).item() / 2
+    assert abs(central - predicted) <= 0.05 * abs(predicted) + 1e-5, (central, predicted)
+
+
+
+def test_a_gradient_that_is_not_finite_fails_in_one_line():
+    """v1 of the tiny families had a zero BOS embedding (transformers zeroes the pad row, and BOS was the pad token):
+    the first position's residual stayed 0 and Gemma's norms gave NaN gradients that notebook 06 ranked silently."""
+    from helpers.gradients import refusal_gradient
+
+    model = load_model("tiny-random-gemma2-v2")
+    row = model.hf.get_input_embeddings().weight[model.tokenizer.bos_token_id]
+    kept = row.detach().clone()
+    try:
+        with torch.no_grad():
+            row.zero_()
+        with pytest.raises(FloatingPointError, match=r"not finite at positions \[0, .*norms \[0\.0, ") as e:
+            refusal_gradient(model, PROMPTS[0], 3, 12, torch.ones(model.d_model))
+        assert "\n" not in str(e.value)
+    finally:
+        with torch.no_grad():
+            row.copy_(kept)
