@@ -198,8 +198,8 @@ def waits_table(run_dir: Path) -> tuple[dict, str]:
     rows = ["| notebook | before exercise 1 | before each later exercise | in the checks | after the last check | "
             "total |", "|---|---|---|---|---|---|"]
     for name, w in found.items():
-        later = ", ".join(f"{e['wait_before_s']:.0f}" for e in w["exercises"][1:]) or "–"
-        rows.append(f"| {name[:2]} | {w['exercises'][0]['wait_before_s']:.0f} s | {later} s | "
+        later = ", ".join(f"{e['wait_before_s']:.0f} s" for e in w["exercises"][1:]) or "–"
+        rows.append(f"| {name[:2]} | {w['exercises'][0]['wait_before_s']:.0f} s | {later} | "
                     f"{sum(e['check_s'] for e in w['exercises']):.0f} s | {w['after_last_check_s']:.0f} s | "
                     f"{w['total_s']:.0f} s |")
     return found, "\n".join(rows)
