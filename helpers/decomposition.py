@@ -113,12 +113,18 @@ def percentile_interval(values: Tensor, level: float = 0.95) -> list[float]:
 
 
 def bootstrap_faithfulness(harmful: Tensor, harmless: Tensor, recon: dict[str, tuple[Tensor, Tensor]],
-                           n_resamples: int = 1000, seed: int = 0) -> dict:
+                           n_resamples: int = 1000, seed: int = 0,
+                           point: dict[str, dict[str, float]] | None = None) -> dict:
     """Point estimates and 95% percentile-bootstrap intervals over prompts (harmful and harmless resampled
     independently, with replacement), paired: every SAE sees the same resample, so the differences between
-    SAEs get intervals of their own. `recon[name] = (harmful_hat, harmless_hat)`."""
-    g = torch.Generator().manual_seed(seed)
+    SAEs get intervals of their own. `recon[name] = (harmful_hat, harmless_hat)`. `point[name]` (cosine,
+    relative_mse), when given, replaces the computed point estimates (and so the differences' estimates),
+    e.g. a learner's own; the intervals are always the bootstrap's."""
     names = list(recon)
+    for n in names if point is not None else ():
+        if set(point.get(n, {})) != {"cosine", "relative_mse"}:
+            raise ValueError(f"point[{n!r}] has {sorted(point.get(n, {}))}; give exactly ['cosine', 'relative_mse']")
+    g = torch.Generator().manual_seed(seed)
     samples = {n: {"cosine": [], "relative_mse": []} for n in names}
     for _ in range(n_resamples):
         i = torch.randint(len(harmful), (len(harmful),), generator=g)
@@ -130,9 +136,11 @@ def bootstrap_faithfulness(harmful: Tensor, harmless: Tensor, recon: dict[str, t
     out: dict = {"n_harmful": len(harmful), "n_harmless": len(harmless), "n_resamples": n_resamples, "saes": {},
                  "differences": {}}
     for n in names:
-        point = faithfulness(harmful, harmless, *recon[n])
-        out["saes"][n] = {k: {"estimate": point[k], "ci95": percentile_interval(torch.tensor(samples[n][k]))}
-                          for k in point}
+        point_n = faithfulness(harmful, harmless, *recon[n])
+        if point is not None:
+            point_n = {k: float(point[n][k]) for k in point_n}
+        out["saes"][n] = {k: {"estimate": point_n[k], "ci95": percentile_interval(torch.tensor(samples[n][k]))}
+                          for k in point_n}
     for a in names:
         for b in names:
             if a < b:

@@ -353,3 +353,23 @@ def test_protocol_grid_switches_the_template_and_runs_the_full_protocol_only_whe
     assert abs(norms["none"] - norms["custom"]) > 1e-3 * norms["none"], "the template changes the activations"
     assert "sparsity" in grid["a · none"] and "sparsity" not in grid["b · none"]
     assert grid["a · none"]["style_control"]["n_question"] == 4 and "style_control" not in grid["b · none"]
+
+
+def test_given_point_estimates_replace_the_computed_ones_and_their_differences():
+    """`point=` (a learner's own numbers) sets each SAE's estimate and the differences' estimates; the intervals
+    stay the bootstrap's, the same as without it; a point with the wrong metrics fails in one line."""
+    torch.manual_seed(10)
+    h, hl = torch.randn(20, 6) + 0.5, torch.randn(20, 6)
+    recon = {"a": (h + 0.1, hl), "b": (h, hl + 0.3)}
+    plain = dec.bootstrap_faithfulness(h, hl, recon, n_resamples=100, seed=2)
+    given = {"a": {"cosine": 0.25, "relative_mse": 3.0}, "b": {"cosine": 0.75, "relative_mse": 0.5}}
+    out = dec.bootstrap_faithfulness(h, hl, recon, n_resamples=100, seed=2, point=given)
+    for n in ("a", "b"):
+        for k in ("cosine", "relative_mse"):
+            assert out["saes"][n][k]["estimate"] == given[n][k]
+            assert out["saes"][n][k]["ci95"] == plain["saes"][n][k]["ci95"]
+    assert out["differences"]["a - b"]["cosine"]["estimate"] == -0.5
+    assert out["differences"]["a - b"]["relative_mse"]["estimate"] == 2.5
+    assert out["differences"]["a - b"]["cosine"]["ci95"] == plain["differences"]["a - b"]["cosine"]["ci95"]
+    with pytest.raises(ValueError, match="give exactly"):
+        dec.bootstrap_faithfulness(h, hl, recon, n_resamples=10, point={"a": {"cosine": 1.0}, "b": given["b"]})
