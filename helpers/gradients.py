@@ -47,6 +47,17 @@ class RefusalGradient:
     source_layer: int
     target_layer: int
 
+    def __post_init__(self) -> None:
+        """A gradient that is not finite (a zero source residual before RMSNorm, an overflow) would be ranked
+        silently downstream: it fails here, whichever code took it."""
+        if not torch.isfinite(self.grad).all():
+            bad = (~torch.isfinite(self.grad)).any(-1).nonzero()[:, 0].tolist()
+            norms = [round(self.source_acts[i].norm().item(), 3) for i in bad[:5]]
+            raise FloatingPointError(
+                f"the refusal gradient of {self.instruction[:40]!r} is not finite at positions {bad[:5]} (source "
+                f"residual norms {norms}; a norm of 0 makes the next RMSNorm's gradient blow up): pick another "
+                "source_layer, or check the model's embedding of those tokens.")
+
 
 def layer_map(model: LoadedModel, instruction: str, source_layer: int, target_layer: int
               ) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
@@ -89,13 +100,6 @@ def refusal_gradient(model: LoadedModel, instruction: str, source_layer: int, ta
     pause_point("refusal_gradient")
     source, forward = layer_map(model, instruction, source_layer, target_layer)
     grad, R = projection_gradient(forward, source, r_target.to(model.device))
-    if not torch.isfinite(grad).all():
-        bad = (~torch.isfinite(grad)).any(-1).nonzero()[:, 0].tolist()
-        norms = [round(source[i].norm().item(), 3) for i in bad[:5]]
-        raise FloatingPointError(
-            f"the refusal gradient of {instruction[:40]!r} is not finite at positions {bad[:5]} (source residual norms "
-            f"{norms}; a norm of 0 makes the next RMSNorm's gradient blow up): pick another source_layer, or check "
-            "the model's embedding of those tokens.")
     ids = model.tokenize_instructions([instruction])["input_ids"]
     return RefusalGradient(instruction=instruction, tokens=model.tokenizer.convert_ids_to_tokens(ids[0].tolist()),
                            source_acts=source.detach().float().cpu(), grad=grad.float().cpu(), R=R,
@@ -312,10 +316,13 @@ def generate_steered(model: LoadedModel, prompts: list[str], vectors: Tensor, la
 def projection_by_layer(model: LoadedModel, instructions: list[str], mean_diffs_at_pos: Tensor,
                         batch_size: int = 16) -> Tensor:
     """R at every layer for each prompt `[n, n_layers]`: the last-token resid_pre projected on the normalised
-    difference of means at that layer (`mean_diffs_at_pos` `[n_layers, d_model]`)."""
+    difference of means at that layer (`mean_diffs_at_pos` `[n_layers, d_model]`). A layer whose difference of
+    means is zero has no direction and gets NaN (layer 0 at a template token every prompt shares: the same
+    embedding on both sides)."""
     from helpers.generation import batched
 
-    r_hat = mean_diffs_at_pos.float() / mean_diffs_at_pos.float().norm(dim=-1, keepdim=True)
+    norms = mean_diffs_at_pos.float().norm(dim=-1, keepdim=True)
+    r_hat = torch.where(norms > 0, mean_diffs_at_pos.float() / norms.clamp_min(1e-30), torch.nan)
     out = []
     for batch in batched(instructions, batch_size):
         enc = model.tokenize_instructions(batch)
@@ -326,6 +333,7 @@ def projection_by_layer(model: LoadedModel, instructions: list[str], mean_diffs_
 
 
 def separation(harmful: Tensor, harmless: Tensor) -> Tensor:
-    """Cohen's d per column: (mean harmful − mean harmless) / pooled s.d."""
+    """Cohen's d per column: (mean harmful − mean harmless) / pooled s.d.; NaN where a column is NaN
+    (undefined: see `projection_by_layer`)."""
     pooled = ((harmful.var(0) + harmless.var(0)) / 2).sqrt().clamp_min(1e-12)
     return (harmful.mean(0) - harmless.mean(0)) / pooled

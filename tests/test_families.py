@@ -302,3 +302,38 @@ def test_a_gradient_that_is_not_finite_fails_in_one_line():
     finally:
         with torch.no_grad():
             row.copy_(kept)
+
+
+def test_a_gradient_taken_by_hand_that_is_not_finite_fails_too():
+    """Notebook 06 builds RefusalGradient from the learner's own layer_map and projection_gradient: the guard sits
+    in RefusalGradient itself, so that path cannot rank NaN either; a finite one passes."""
+    from helpers.gradients import RefusalGradient
+
+    acts = torch.ones(4, 8)
+    acts[2] = 0.0
+    grad = torch.ones(4, 8)
+    RefusalGradient("x", ["a"] * 4, acts, grad.clone(), 1.0, 3, 12)
+    grad[2, 5] = float("nan")
+    with pytest.raises(FloatingPointError, match=r"not finite at positions \[2\].*norms \[0\.0\]"):
+        RefusalGradient("x", ["a"] * 4, acts, grad, 1.0, 3, 12)
+    grad[2, 5] = float("inf")
+    with pytest.raises(FloatingPointError):
+        RefusalGradient("x", ["a"] * 4, acts, grad, 1.0, 3, 12)
+
+
+def test_a_layer_without_a_direction_gets_an_undefined_separation():
+    """Layer 0 at a template token: both sides share the embedding, the difference of means is zero, r̂ = 0/0.
+    projection_by_layer gives NaN there (and only there) and separation keeps it NaN; notebook 06 reports it as
+    undefined (null) rather than a number."""
+    from helpers.gradients import projection_by_layer, separation
+
+    model = load_model("tiny-random-gemma2-v2")
+    torch.manual_seed(0)
+    diffs = torch.randn(model.n_layers, model.d_model)
+    diffs[0] = 0.0
+    h = projection_by_layer(model, PROMPTS + ["Name three rivers."], diffs)
+    hl = projection_by_layer(model, ["Tell me a joke.", "What is two plus two?", "Spell 'cat' backwards."], diffs)
+    assert h.shape == (3, model.n_layers)
+    assert torch.isnan(h[:, 0]).all() and torch.isfinite(h[:, 1:]).all()
+    d = separation(h, hl)
+    assert torch.isnan(d).nonzero()[:, 0].tolist() == [0]
