@@ -34,6 +34,16 @@ def residuals_at(model: LoadedModel, instructions: list[str], positions: list[in
     return resid[:, :, positions, :].transpose(1, 2).float().cpu()
 
 
+def stacked_residuals(model: LoadedModel, instructions: list[str], positions: list[int], batch_size: int = 16,
+                      desc: str = "residuals") -> Tensor:
+    """`residuals_at` over all of `instructions` in batches: `[n, n_positions, n_layers, d_model]` float32 on the CPU
+    (for n_train prompts; `mean_activations` streams when only the mean is needed)."""
+    if not instructions:
+        raise ValueError("stacked_residuals needs at least one instruction.")
+    return torch.cat([residuals_at(model, batch, positions)
+                      for batch in tqdm(batched(instructions, batch_size), desc=desc, unit="batch")])
+
+
 def mean_activations(model: LoadedModel, instructions: list[str], positions: list[int],
                      batch_size: int = 16, desc: str = "mean activations") -> Tensor:
     """Mean `blocks.L.hook_resid_pre` over instructions: `[n_positions, n_layers, d_model]`, accumulated in float64."""

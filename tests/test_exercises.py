@@ -166,3 +166,20 @@ def test_exercise_waits_adds_up_a_learners_compute_between_exercises(tmp_path):
         exercise_waits(nb)
     with pytest.raises(SystemExit, match="No executed notebook with exercises in .*helpers.runner --preset teach"):
         main(["--waits", str(tmp_path)])
+
+
+@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.name[:2])
+def test_every_learner_function_does_work_in_a_later_cell(path):
+    """The issue's point 4: after its check, each learner function is used by a later cell that is not a check (so
+    skipping an exercise changes what the learner sees), and that cell comes after the check."""
+    cells = nbformat.read(path, as_version=4).cells
+    for i, cell in enumerate(cells):
+        if "exercise" not in cell.metadata.get("tags", []):
+            continue
+        name = re.search(r"^def (\w+)", cell.source, re.M).group(1)
+        check = next(j for j, c in enumerate(cells[i + 1:], i + 1) if "check" in c.metadata.get("tags", [])
+                     and re.search(rf"\b{name}\b", c.source))
+        users = [j for j, c in enumerate(cells[check + 1:], check + 1) if c.cell_type == "code"
+                 and not {"check", "exercise", "solution"} & set(c.metadata.get("tags", []))
+                 and re.search(rf"\b{name}\b", c.source)]
+        assert users, f"{path.name}: {name} is checked but no later cell uses it"
