@@ -121,9 +121,10 @@ def bootstrap_faithfulness(harmful: Tensor, harmless: Tensor, recon: dict[str, t
     relative_mse), when given, replaces the computed point estimates (and so the differences' estimates),
     e.g. a learner's own; the intervals are always the bootstrap's."""
     names = list(recon)
-    for n in names if point is not None else ():
-        if set(point.get(n, {})) != {"cosine", "relative_mse"}:
-            raise ValueError(f"point[{n!r}] has {sorted(point.get(n, {}))}; give exactly ['cosine', 'relative_mse']")
+    if point is not None:
+        for n in names:
+            if set(point.get(n, {})) != {"cosine", "relative_mse"}:
+                raise ValueError(f"point[{n!r}] has {sorted(point.get(n, {}))}; give exactly ['cosine', 'relative_mse']")
     g = torch.Generator().manual_seed(seed)
     samples = {n: {"cosine": [], "relative_mse": []} for n in names}
     for _ in range(n_resamples):
@@ -136,9 +137,8 @@ def bootstrap_faithfulness(harmful: Tensor, harmless: Tensor, recon: dict[str, t
     out: dict = {"n_harmful": len(harmful), "n_harmless": len(harmless), "n_resamples": n_resamples, "saes": {},
                  "differences": {}}
     for n in names:
-        point_n = faithfulness(harmful, harmless, *recon[n])
-        if point is not None:
-            point_n = {k: float(point[n][k]) for k in point_n}
+        point_n = (faithfulness(harmful, harmless, *recon[n]) if point is None
+                   else {k: float(v) for k, v in point[n].items()})
         out["saes"][n] = {k: {"estimate": point_n[k], "ci95": percentile_interval(torch.tensor(samples[n][k]))}
                           for k in point_n}
     for a in names:

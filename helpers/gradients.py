@@ -321,8 +321,7 @@ def projection_by_layer(model: LoadedModel, instructions: list[str], mean_diffs_
     embedding on both sides)."""
     from helpers.generation import batched
 
-    norms = mean_diffs_at_pos.float().norm(dim=-1, keepdim=True)
-    r_hat = torch.where(norms > 0, mean_diffs_at_pos.float() / norms.clamp_min(1e-30), torch.nan)
+    r_hat = mean_diffs_at_pos.float() / mean_diffs_at_pos.float().norm(dim=-1, keepdim=True)  # 0/0 = NaN there
     out = []
     for batch in batched(instructions, batch_size):
         enc = model.tokenize_instructions(batch)
