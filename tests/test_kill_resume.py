@@ -60,14 +60,32 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
+STARTED: list[subprocess.Popen] = []  # every job this test started: none may outlive it
+
+
 def _job(runs: Path, log: Path, pause: str | None = None) -> subprocess.Popen:
     env = {**os.environ, "REFUSAL_RUNS_DIR": str(runs), "HF_HUB_OFFLINE": "1", "MKL_CBWR": "AUTO",
            "WANDB_MODE": "disabled", "TRANSFORMERS_VERBOSITY": "error", "REFUSAL_PAUSE_MARKER": str(runs / "paused")}
     env.pop("REFUSAL_PAUSE_AT", None)
     if pause:
         env["REFUSAL_PAUSE_AT"] = pause
-    return subprocess.Popen([sys.executable, "-m", "helpers.runner", "--preset", "smoke"], cwd=REPO, env=env,
-                            stdout=open(log, "a"), stderr=subprocess.STDOUT, start_new_session=True)
+    job = subprocess.Popen([sys.executable, "-m", "helpers.runner", "--preset", "smoke"], cwd=REPO, env=env,
+                           stdout=open(log, "a"), stderr=subprocess.STDOUT, start_new_session=True)
+    STARTED.append(job)
+    return job
+
+
+def _stop_started_jobs(*_) -> None:
+    """SIGKILL what is left of every job started here (the runner and its kernel sit in sessions of their own, so
+    stopping pytest would not stop them): after the test, and on SIGTERM (scripts/test.sh sends it when the tests
+    beside this one are interrupted)."""
+    for job in STARTED:
+        if job.poll() is None:
+            for p in _descendants(job.pid):
+                try:
+                    os.kill(p, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
 
 
 def _kill_at(runs: Path, log: Path, pause: str, timeout: float = 900) -> str:
@@ -200,6 +218,19 @@ def _fresh_reference() -> Path | None:
                     reason="finds the job's processes through /proc (Linux only); on macOS the runner's resume tests "
                            "in test_runner.py still run")
 def test_the_main_job_survives_kill_9_anywhere(tmp_path):
+    def stop(signum, frame):
+        _stop_started_jobs()
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    before = signal.signal(signal.SIGTERM, stop)
+    try:
+        _kill_and_resume(tmp_path)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+        _stop_started_jobs()
+
+
+def _kill_and_resume(tmp_path: Path) -> None:
     log = tmp_path / "jobs.log"
     killed = tmp_path / "killed"
     reference = _fresh_reference()
@@ -207,6 +238,12 @@ def test_the_main_job_survives_kill_9_anywhere(tmp_path):
         reference = tmp_path / "reference"
         job = _job(reference, log)
         assert job.wait(timeout=1800) == 0, f"the uninterrupted smoke job failed; see {log}"
+    if not (reference / "smoke" / "report.html").exists():  # nbmake's reference run has no report: build it
+        env = {**os.environ, "REFUSAL_RUNS_DIR": str(reference), "HF_HUB_OFFLINE": "1"}
+        subprocess.run([sys.executable, "-m", "helpers.report", "--preset", "smoke"], cwd=REPO, env=env, check=True,
+                       capture_output=True)
+    # read now: scripts/test.sh runs this test beside the others, which may later add files to runs/smoke
+    ref = _outputs(reference / "smoke")
 
     for pause, notebook, where in KILL_POINTS:
         said = _kill_at(killed, log, pause)
@@ -223,11 +260,7 @@ def test_the_main_job_survives_kill_9_anywhere(tmp_path):
     text = log.read_text()
     assert "unchanged since its last finished run" in text, "a resumed run must skip the notebooks already done"
     assert "left by a run that was killed while writing it" in text, "the temporary of the killed write is removed"
-    if not (reference / "smoke" / "report.html").exists():  # nbmake's reference run has no report: build it
-        env = {**os.environ, "REFUSAL_RUNS_DIR": str(reference), "HF_HUB_OFFLINE": "1"}
-        subprocess.run([sys.executable, "-m", "helpers.report", "--preset", "smoke"], cwd=REPO, env=env, check=True,
-                       capture_output=True)
-    ref, got = _outputs(reference / "smoke"), _outputs(run_dir)
+    got = _outputs(run_dir)
     # every file the resumed job wrote is in the reference and vice versa, within the folders the job writes (other
     # tests may leave files at the top of the reference run, e.g. scripts' outputs)
     folders = {Path(k).parts[0] for k in got}
