@@ -23,6 +23,7 @@ import argparse
 import ast
 import re
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import nbformat
@@ -163,15 +164,31 @@ def generate(check: bool = False, solutions: Path = NOTEBOOKS, out: Path = EXERC
     return changed
 
 
-def exercise_waits(executed: nbformat.NotebookNode) -> dict:
-    """A learner's compute waits in an executed notebook (papermill's per-cell durations; the numbered notebooks are
-    their exercise copies with the solutions filled in, cell for cell): seconds before the first exercise, before each
-    later one (from the previous exercise's check), in each exercise's check cells, after the last check, and in all."""
-    def seconds(cell: nbformat.NotebookNode) -> float:
-        return float(cell.metadata.get("papermill", {}).get("duration") or 0.0)
+def cell_seconds(cell: nbformat.NotebookNode) -> float | None:
+    """How long a cell ran: papermill's duration (the runner), else JupyterLab's recorded timing (`recordTiming`:
+    execute_input to execute_reply); None if neither is there."""
+    duration = cell.metadata.get("papermill", {}).get("duration")
+    if duration is not None:
+        return float(duration)
+    timing = cell.metadata.get("execution", {})
+    if "iopub.execute_input" in timing and "shell.execute_reply" in timing:
+        start, end = (datetime.fromisoformat(timing[k].replace("Z", "+00:00"))
+                      for k in ("iopub.execute_input", "shell.execute_reply"))
+        return (end - start).total_seconds()
+    return None
 
-    if not any("duration" in c.metadata.get("papermill", {}) for c in executed.cells):
-        raise ValueError("no per-cell durations: pass a notebook executed by the runner (runs/<preset>/notebooks/).")
+
+def exercise_waits(executed: nbformat.NotebookNode) -> dict:
+    """A learner's compute waits in an executed notebook (the runner's numbered notebooks, which are their exercise
+    copies with the solutions filled in, cell for cell, or an exercise copy run in JupyterLab with timings recorded):
+    seconds before the first exercise, before each later one (from the previous exercise's check), in each
+    exercise's check cells, after the last check, and in all."""
+    def seconds(cell: nbformat.NotebookNode) -> float:
+        return cell_seconds(cell) or 0.0
+
+    if not any(cell_seconds(c) is not None for c in executed.cells):
+        raise ValueError("no per-cell durations: pass a notebook executed by the runner (runs/<preset>/notebooks/) "
+                         "or saved by JupyterLab with recordTiming on (scripts/lab_waits.py).")
     exercises, waited = [], 0.0
     for cell in executed.cells:
         tags = cell.metadata.get("tags", [])
@@ -195,6 +212,11 @@ def waits_table(run_dir: Path) -> tuple[dict, str]:
     if not found:
         raise SystemExit(f"No executed notebook with exercises in {folder}: run `python -m helpers.runner --preset teach` "
                          "first.")
+    return found, waits_markdown(found)
+
+
+def waits_markdown(found: dict[str, dict]) -> str:
+    """`exercise_waits` by notebook name as a Markdown table."""
     rows = ["| notebook | before exercise 1 | before each later exercise | in the checks | after the last check | "
             "total |", "|---|---|---|---|---|---|"]
     for name, w in found.items():
@@ -202,7 +224,7 @@ def waits_table(run_dir: Path) -> tuple[dict, str]:
         rows.append(f"| {name[:2]} | {w['exercises'][0]['wait_before_s']:.0f} s | {later} | "
                     f"{sum(e['check_s'] for e in w['exercises']):.0f} s | {w['after_last_check_s']:.0f} s | "
                     f"{w['total_s']:.0f} s |")
-    return found, "\n".join(rows)
+    return "\n".join(rows)
 
 
 def main(argv: list[str] | None = None) -> None:

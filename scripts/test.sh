@@ -9,6 +9,11 @@ bash scripts/setup.sh
 # (1.6e-3 instead of 1.5e-4) that no isolated rerun reproduced. Suspected (not confirmed) cause: MKL sgemm
 # results varying with memory alignment, which MKL_CBWR removes at no measured cost (100-113 GFLOP/s).
 export MKL_CBWR=AUTO
+# One thread per process: the kill -9 test runs beside the other tests (below), and two processes of two threads each
+# on 2 cores starved each other (torch's tiny ops wait at thread barriers for a descheduled thread: smoke notebook 03
+# took 279 s instead of 38 s). The smoke job, overhead-bound, takes 233 s on one thread against 210 s on two. The
+# nbmake notebooks run on one thread too: they are the kill test's reference, compared to the last bit.
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 export REFUSAL_PRESET=smoke HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error WANDB_MODE=disabled
 rm -rf runs/smoke  # smoke outputs are disposable; notebook 02 reads the caches notebook 01 writes in this run
 if [ $# -gt 0 ]; then  # arguments (-m "not slow", -k ...): one pytest run of notebooks and tests, as before

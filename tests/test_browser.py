@@ -12,33 +12,22 @@ import pytest
 
 BROWSER = Path(__file__).parent / "browser"
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(BROWSER))
+import lab  # noqa: E402  (tests/browser/lab.py: the server and node runner scripts/lab_waits.py shares)
 
 
 def run_node(script: str, *args: str, timeout: int) -> subprocess.CompletedProcess:
-    """Run a node script in its own process group, killed whole (with its Chromium) if it overruns."""
-    import os
-    import signal
-
-    proc = subprocess.Popen(["node", str(BROWSER / script), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"{script} ran past {timeout} s; its log: {err[-1500:]}; its output: {out[-1500:]}")
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    """`lab.run_node`, failing the test if the script overruns."""
+    out = lab.run_node(script, *args, timeout=timeout)
+    if out.returncode is None:
+        pytest.fail(f"{script} ran past {timeout} s; its log: {out.stderr[-1500:]}; its output: {out.stdout[-1500:]}")
+    return out
 
 
 def run_page_check(page: Path) -> dict:
-    if sys.platform != "linux":
-        pytest.skip(f"the headless Chromium these tests use (npm @sparticuz/chromium) is built for Linux only, not "
-                    f"{sys.platform}; the report's figures are still checked by test_plotting.py")
-    if shutil.which("node") is None:
-        pytest.skip("node is not installed: the browser tests need Node.js (apt-get install nodejs npm), then "
-                    "`bash scripts/setup.sh` installs the headless Chromium")
-    if not (BROWSER / "node_modules" / "puppeteer-core").exists():
-        pytest.skip("headless Chromium not installed: run `bash scripts/setup.sh` (npm ci in tests/browser)")
+    why = lab.unavailable()
+    if why:
+        pytest.skip(f"{why}; the report's figures are still checked by test_plotting.py")
     out = run_node("check_page.mjs", str(page), timeout=180)
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -70,45 +59,14 @@ def test_a_broken_figure_is_caught(tmp_path):
     assert result["errors"] and result["figures"][0]["svg"] == 0
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def jupyter_lab(root: Path, env: dict):
-    """A JupyterLab server on `root` (its own process group, so the kernels it starts go with it): yields its base
-    URL with the token as `(url, token)`."""
-    import os
-    import signal
-    import time
-    import urllib.request
-
-    if sys.platform != "linux" or shutil.which("node") is None or not (BROWSER / "node_modules" / "puppeteer-core").exists():
-        pytest.skip("headless Chromium not installed or not Linux (see run_page_check)")
-    port, token = _free_port(), "refusal-toolkit-test"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
-         f"--ServerApp.token={token}", f"--ServerApp.root_dir={root}", "--allow-root",
-         "--LabApp.expose_app_in_browser=True"], env={**os.environ, **env}, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status?token={token}", timeout=2)
-                break
-            except OSError:
-                if time.time() > deadline or server.poll() is not None:
-                    pytest.fail("JupyterLab did not start within 60 s")
-                time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}", token
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+    """`lab.jupyter_lab`, skipping the test where the browser checks cannot run."""
+    why = lab.unavailable()
+    if why:
+        pytest.skip(why)
+    with lab.jupyter_lab(root, env) as server:
+        yield server
 
 
 @pytest.mark.slow

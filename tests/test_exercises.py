@@ -160,8 +160,24 @@ def test_exercise_waits_adds_up_a_learners_compute_between_exercises(tmp_path):
     assert w["exercises"] == [{"title": "Exercise 1 · First", "wait_before_s": 6.0, "check_s": 1.5},
                               {"title": "Exercise 2 · Second", "wait_before_s": 10.0, "check_s": 0.5}]
     assert w["after_last_check_s"] == 3.0 and w["total_s"] == 21.0
+    # JupyterLab's recorded timings (scripts/lab_waits.py): execute_input to execute_reply, the same sums
+    from datetime import datetime, timedelta, timezone
+
+    t = datetime(2026, 12, 6, 1, 0, 0, tzinfo=timezone.utc)
     for c in nb.cells:
-        del c.metadata["papermill"]
+        seconds = c.metadata.pop("papermill")["duration"]
+        if c.cell_type == "code":
+            c.metadata["execution"] = {
+                "iopub.status.busy": (t - timedelta(seconds=0.3)).isoformat().replace("+00:00", "Z"),
+                "iopub.execute_input": t.isoformat().replace("+00:00", "Z"),
+                "shell.execute_reply": (t + timedelta(seconds=seconds)).isoformat().replace("+00:00", "Z")}
+            t += timedelta(seconds=seconds + 7)  # the learner reading: not compute
+    lab = exercise_waits(nb)
+    assert lab["exercises"] == [{"title": "Exercise 1 · First", "wait_before_s": 6.0, "check_s": 1.5},
+                                {"title": "Exercise 2 · Second", "wait_before_s": 10.0, "check_s": 0.5}]
+    assert lab["after_last_check_s"] == 3.0 and lab["total_s"] == 21.0
+    for c in nb.cells:
+        c.metadata.pop("execution", None)
     with pytest.raises(ValueError, match="no per-cell durations"):
         exercise_waits(nb)
     with pytest.raises(SystemExit, match="No executed notebook with exercises in .*helpers.runner --preset teach"):
@@ -183,3 +199,23 @@ def test_every_learner_function_does_work_in_a_later_cell(path):
                  and not {"check", "exercise", "solution"} & set(c.metadata.get("tags", []))
                  and re.search(rf"\b{name}\b", c.source)]
         assert users, f"{path.name}: {name} is checked but no later cell uses it"
+
+
+def test_lab_waits_says_what_is_missing_in_one_line(tmp_path):
+    """scripts/lab_waits.py (the waits measured in JupyterLab) stops at once, saying what to do, without a finished run
+    to read or with a copy number that does not exist."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "REFUSAL_RUNS_DIR": str(tmp_path / "runs")}
+    script = repo / "scripts" / "lab_waits.py"
+    out = subprocess.run([sys.executable, str(script), "--preset", "smoke"], env=env, capture_output=True, text=True,
+                         cwd=repo, timeout=120)
+    assert out.returncode == 1 and out.stderr.strip().splitlines() == [
+        f"lab_waits: {tmp_path / 'runs' / 'smoke'} has no finished run: run `python -m helpers.runner --preset smoke` "
+        "first (the class prepares the same way)."], out.stderr
+    out = subprocess.run([sys.executable, str(script), "--notebooks", "99"], env=env, capture_output=True, text=True,
+                         cwd=repo, timeout=120)
+    assert out.returncode == 1 and out.stderr.strip().startswith("lab_waits: no exercise copy numbered ['99']"), out.stderr

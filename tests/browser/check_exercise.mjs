@@ -2,7 +2,7 @@
 // the stubs (the first check must fail with the stub's message), then put every solution in its stub's cell and run
 // all again (every check must pass, no error anywhere).
 // Usage: node check_exercise.mjs URL [DEADLINE_S]  -> prints one JSON line, always, within the deadline
-import { checkRun, end, launch, openNotebook } from "./harness.mjs";
+import { checkRun, end, fillSolutions, launch, openNotebook } from "./harness.mjs";
 
 const [url, deadlineArg] = process.argv.slice(2);
 const deadline = Number(deadlineArg || 900);
@@ -47,19 +47,7 @@ try {
   result.cold_start = first.join("\n").split("\n").filter((l) => l.startsWith("Cold start:"));
   step("ran with the stubs");
   // 3. Fill every stub with the solution below it, as a learner who gave up would, and run all again.
-  result.filled = await page.evaluate(() => {
-    const cells = window.jupyterapp.shell.currentWidget.content.widgets;
-    let n = 0;
-    cells.forEach((w, i) => {
-      const tags = w.model.getMetadata("tags") || [];
-      if (!tags.includes("exercise")) return;
-      const next = cells.slice(i + 1).find((c) => c.model.sharedModel.getSource().includes("<b>Solution</b>"));
-      const solution = next.model.sharedModel.getSource();
-      w.model.sharedModel.setSource(solution.split("```python\n")[1].split("\n```")[0]);
-      n += 1;
-    });
-    return n;
-  });
+  result.filled = await fillSolutions(page);
   result.second_run_ok = await page.evaluate(() => window.jupyterapp.commands.execute("notebook:run-all-cells"));
   const texts = await outputs();
   result.errors_after = texts.filter((t) => t.includes("ERROR"));
