@@ -65,7 +65,7 @@ def test_every_third_party_import_is_declared():
         return {re.split(r"[<>=!~\[; ]", r, maxsplit=1)[0].lower().replace("_", "-") for r in reqs}
 
     core, extras = names(project["dependencies"]), {k: names(v) for k, v in project["optional-dependencies"].items()}
-    local = {p.stem for d in ("helpers", "scripts", "tests") for p in (repo / d).glob("*.py")} | {"helpers"}
+    local = {p.stem for d in ("helpers", "scripts", "tests", "tests/browser") for p in (repo / d).glob("*.py")} | {"helpers"}
     found: dict[str, set[str]] = {}
     for path in [*repo.glob("helpers/*.py"), *repo.glob("scripts/*.py")]:
         for name in _imports(path.read_text()):
