@@ -19,21 +19,36 @@ rm -rf runs/smoke  # smoke outputs are disposable; notebook 02 reads the caches 
 if [ $# -gt 0 ]; then  # arguments (-m "not slow", -k ...): one pytest run of notebooks and tests, as before
   exec python -m pytest -q --nbmake notebooks tests --nbmake-timeout=900 -p no:cacheprovider --durations=25 "$@"
 fi
-# 1. Every notebook in smoke mode under nbmake: runs/smoke is then the reference of the kill test and the run the
-#    browser test opens.
-python -m pytest -q --nbmake notebooks --nbmake-timeout=900 -p no:cacheprovider --durations=7
-# 2. The tests; the kill -9 test (the whole smoke job, killed and resumed: ~5 min, one core most of the time) in a
-#    second process beside the others, which leave the second core mostly idle.
+# Two lanes, one per core (most tests use one core, so a lane alone would leave the other idle):
+#   A: every notebook in smoke mode under nbmake (runs/smoke: the kill test's reference and the run the browser test
+#      opens), then the tests;
+#   B: beside it, notebooks 01-06 on two of the four tiny model families (tests/test_family_notebooks.py, ~5 min
+#      each; the two alternate with the commit count, so any two consecutive commits run all four), then, once A's
+#      notebooks are done, the kill -9 test (the whole smoke job killed and resumed, ~5.5 min).
 KILL=tests/test_kill_resume.py::test_the_main_job_survives_kill_9_anywhere
+FAMILIES=tests/test_family_notebooks.py
+commits=$(git rev-list --count HEAD 2>/dev/null || echo 0)
+if [ $((commits % 2)) -eq 0 ]; then pick="llama or gemma2"; else pick="gemma3 or mistral"; fi
 mkdir -p runs
-python -m pytest -q "$KILL" -p no:cacheprovider --durations=1 > runs/kill_test.log 2>&1 &
-kill_pid=$!
-trap 'kill -TERM "$kill_pid" 2>/dev/null || true' EXIT  # the test then stops the job it started
+rm -f runs/.notebooks-done
+(
+  lane=0
+  python -m pytest -q "$FAMILIES" -k "$pick" -p no:cacheprovider --durations=2 || lane=$?
+  while [ ! -f runs/.notebooks-done ]; do sleep 2; done
+  python -m pytest -q "$KILL" -p no:cacheprovider --durations=1 || lane=$?
+  exit "$lane"
+) > runs/lane_b.log 2>&1 &
+lane_b=$!
+# on an interruption, lane B's pytest gets SIGTERM, and its tests stop the jobs they started
+trap 'pkill -TERM -P "$lane_b" 2>/dev/null || true; rm -f runs/.notebooks-done' EXIT
 status=0
-python -m pytest -q tests --deselect "$KILL" -p no:cacheprovider --durations=25 || status=$?
-kill_status=0
-wait "$kill_pid" || kill_status=$?
+python -m pytest -q --nbmake notebooks --nbmake-timeout=900 -p no:cacheprovider --durations=7 || status=$?
+touch runs/.notebooks-done
+python -m pytest -q tests --deselect "$KILL" --ignore "$FAMILIES" -p no:cacheprovider --durations=25 || status=$?
+lane_b_status=0
+wait "$lane_b" || lane_b_status=$?
 trap - EXIT
-echo "--- the kill -9 test (run beside the others; its log: runs/kill_test.log) ---"
-tail -n 25 runs/kill_test.log
-[ "$status" -eq 0 ] && [ "$kill_status" -eq 0 ]
+rm -f runs/.notebooks-done
+echo "--- lane B: notebooks 01-06 on the tiny $pick models, then the kill -9 test (log: runs/lane_b.log) ---"
+if [ "$lane_b_status" -eq 0 ]; then grep -E "passed|[0-9.]+s call" runs/lane_b.log; else cat runs/lane_b.log; fi
+[ "$status" -eq 0 ] && [ "$lane_b_status" -eq 0 ]
