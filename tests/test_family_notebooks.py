@@ -11,14 +11,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from test_kill_resume import _descendants  # noqa: E402  (tests/ is on the path under pytest)
+from jobs import die_with_the_test
 
 REPO = Path(__file__).resolve().parents[1]
 FAMILIES = ["llama", "gemma2", "gemma3", "mistral"]
@@ -41,39 +40,26 @@ def _non_finite(value, path: str = "") -> list[str]:
 @pytest.mark.parametrize("family", FAMILIES)
 def test_notebooks_01_to_06_on_a_family(family, tmp_path):
     config = REPO / "configs" / f"tiny-{family}-smoke.json"
-    preset = json.loads(config.read_text())["preset"]
+    spec = json.loads(config.read_text())
     log = tmp_path / "runner.log"
     env = {**os.environ, "REFUSAL_RUNS_DIR": str(tmp_path), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled",
            "TRANSFORMERS_VERBOSITY": "error"}
     env.pop("REFUSAL_PRESET", None)
-    job = subprocess.Popen([sys.executable, "-m", "helpers.runner", "--preset", str(config), "--only",
-                            "01", "02", "03", "04", "05", "06"], cwd=REPO, env=env, stdout=open(log, "w"),
-                           stderr=subprocess.STDOUT, start_new_session=True)
-
-    def stop(*_):  # the runner and its kernel sit in a session of their own: stop them with the test
-        for p in _descendants(job.pid):
-            try:
-                os.kill(p, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-    before = signal.signal(signal.SIGTERM, lambda signum, frame: (stop(), (_ for _ in ()).throw(KeyboardInterrupt())))
-    try:
-        code = job.wait(timeout=1500)
-    finally:
-        signal.signal(signal.SIGTERM, before)
-        stop()
+    with die_with_the_test([]) as jobs:
+        jobs.append(subprocess.Popen([sys.executable, "-m", "helpers.runner", "--preset", str(config), "--only",
+                                      "01", "02", "03", "04", "05", "06"], cwd=REPO, env=env, stdout=open(log, "w"),
+                                     stderr=subprocess.STDOUT, start_new_session=True))
+        code = jobs[0].wait(timeout=1500)
     assert code == 0, f"the runner failed on {family}; the end of its log:\n" + log.read_text()[-3000:]
 
-    run_dir = tmp_path / preset
+    run_dir = tmp_path / spec["preset"]
     for nb in ("01_cache_activations", "02_train_saes", "03_refusal_direction", "04_decompose_refusal_direction",
                "05_steering", "06_refusal_gradient"):
         assert (run_dir / "notebooks" / f"{nb}.done.json").exists(), f"{nb} did not finish on {family}"
     results = {d: json.loads((run_dir / d / "results.json").read_text())
                for d in ("refusal_direction", "decompose_refusal_direction", "steering", "refusal_gradient")}
     direction = results["refusal_direction"]["direction"]
-    model = json.loads(config.read_text())["model"]
-    assert direction["model"] == model and direction["hook_name"] == f"blocks.{direction['layer']}.hook_resid_pre"
+    assert direction["model"] == spec["model"] and direction["hook_name"] == f"blocks.{direction['layer']}.hook_resid_pre"
     assert direction["system_prompt"] is None and direction["norm"] > 0
     orth = results["refusal_direction"]["orthogonalization_relative_difference"]
     if family in NORMALISES_BLOCK_OUTPUTS:

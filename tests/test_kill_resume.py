@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from jobs import die_with_the_test, kill_tree
+
 REPO = Path(__file__).resolve().parents[1]
 
 # (REFUSAL_PAUSE_AT, where the job is when it is killed), in the order the job reaches them: one point for each way
@@ -43,25 +45,7 @@ def _is_timing(key: str) -> bool:
     return key.endswith("seconds") or "per_s" in key or key in {"elapsed", "finished", "run_id", "cache_id", "cache_ids"}
 
 
-def _descendants(pid: int) -> list[int]:
-    """`pid` and every process below it (the kernel is a child of the runner, in a session of its own)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(children.get(p, []))
-    return out
-
-
-STARTED: list[subprocess.Popen] = []  # every job this test started: none may outlive it
+STARTED: list[subprocess.Popen] = []  # every job this test started: none may outlive it (`die_with_the_test`)
 
 
 def _job(runs: Path, log: Path, pause: str | None = None) -> subprocess.Popen:
@@ -77,19 +61,6 @@ def _job(runs: Path, log: Path, pause: str | None = None) -> subprocess.Popen:
     return job
 
 
-def _stop_started_jobs(*_) -> None:
-    """SIGKILL what is left of every job started here (the runner and its kernel sit in sessions of their own, so
-    stopping pytest would not stop them): after the test, and on SIGTERM (scripts/test.sh sends it when the tests
-    beside this one are interrupted)."""
-    for job in STARTED:
-        if job.poll() is None:
-            for p in _descendants(job.pid):
-                try:
-                    os.kill(p, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-
-
 def _kill_at(runs: Path, log: Path, pause: str, timeout: float = 900) -> str:
     """Start the job, wait until it reaches `pause`, SIGKILL every process of it; returns what the marker says."""
     marker = runs / "paused"
@@ -100,17 +71,11 @@ def _kill_at(runs: Path, log: Path, pause: str, timeout: float = 900) -> str:
         if job.poll() is not None:
             pytest.fail(f"the job ended (exit {job.returncode}) before reaching {pause}; see {log}")
         if time.monotonic() > deadline:
-            for p in _descendants(job.pid):
-                os.kill(p, signal.SIGKILL)
+            kill_tree(job.pid)
             pytest.fail(f"{pause} not reached in {timeout:.0f} s; see {log}")
         time.sleep(0.5)
     time.sleep(0.5)  # the marker is written just before the process sleeps: let it get there
-    victims = _descendants(job.pid)
-    for p in victims:
-        try:
-            os.kill(p, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    victims = kill_tree(job.pid)
     job.wait(timeout=60)
     assert job.returncode == -signal.SIGKILL
     for p in victims:  # the kernel too: nothing of the killed job may keep writing
@@ -224,16 +189,8 @@ def _fresh_reference() -> Path | None:
                     reason="finds the job's processes through /proc (Linux only); on macOS the runner's resume tests "
                            "in test_runner.py still run")
 def test_the_main_job_survives_kill_9_anywhere(tmp_path):
-    def stop(signum, frame):
-        _stop_started_jobs()
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    before = signal.signal(signal.SIGTERM, stop)
-    try:
+    with die_with_the_test(STARTED):
         _kill_and_resume(tmp_path)
-    finally:
-        signal.signal(signal.SIGTERM, before)
-        _stop_started_jobs()
 
 
 def _kill_and_resume(tmp_path: Path) -> None:

@@ -2,7 +2,7 @@
 // the stubs (the first check must fail with the stub's message), then put every solution in its stub's cell and run
 // all again (every check must pass, no error anywhere).
 // Usage: node check_exercise.mjs URL [DEADLINE_S]  -> prints one JSON line, always, within the deadline
-import { checkRun, end, fillSolutions, launch, openNotebook } from "./harness.mjs";
+import { checkRun, end, fillSolutions, launch, openNotebook, waitForKernel } from "./harness.mjs";
 
 const [url, deadlineArg] = process.argv.slice(2);
 const deadline = Number(deadlineArg || 900);
@@ -20,9 +20,7 @@ const outputs = () => page.evaluate(() => {
 try {
   let errors;
   ({ page, errors } = await openNotebook(browser, url, step));
-  await page.waitForFunction(() => window.jupyterapp.shell.currentWidget?.sessionContext?.session?.kernel,
-    { timeout: 90000 });
-  step("lab loaded");
+  await waitForKernel(page, step);
   // 1. The solution is one click away: a collapsed <details> under the first exercise (after its hints, each
   // collapsed too).
   await page.waitForSelector(".jp-RenderedMarkdown details summary", { timeout: 60000 });

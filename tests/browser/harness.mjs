@@ -50,6 +50,13 @@ export async function end(browser, page, result, finish, shot) {
   finish(result.failure ? 1 : 0);
 }
 
+/** Wait until the open notebook's kernel has started (an exercise copy's cells run on it next). */
+export async function waitForKernel(page, step) {
+  await page.waitForFunction(() => window.jupyterapp.shell.currentWidget?.sessionContext?.session?.kernel,
+    { timeout: 90000 });
+  step("kernel started");
+}
+
 /** Put every exercise's solution (the code block of the first "Solution" cell below it) in its stub's cell, as a
  * learner who gave up would; returns how many were filled. */
 export async function fillSolutions(page) {

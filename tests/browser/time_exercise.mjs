@@ -2,18 +2,17 @@
 // all once, save (the lab records each cell's timing in its metadata when `recordTiming` is on; scripts/lab_waits.py
 // turns it on and reads the saved notebook).
 // Usage: node time_exercise.mjs URL [DEADLINE_S]  -> prints one JSON line, always, within the deadline
-import { checkRun, end, fillSolutions, launch, openNotebook } from "./harness.mjs";
+import { checkRun, end, fillSolutions, launch, openNotebook, waitForKernel } from "./harness.mjs";
 
 const [url, deadlineArg] = process.argv.slice(2);
-const { result, step, finish } = checkRun(Number(deadlineArg || 1800));
-const browser = await launch(Number(deadlineArg || 1800));
+const deadline = Number(deadlineArg || 1800);
+const { result, step, finish } = checkRun(deadline);
+const browser = await launch(deadline);
 let page;
 try {
   let errors;
   ({ page, errors } = await openNotebook(browser, url, step));
-  await page.waitForFunction(() => window.jupyterapp.shell.currentWidget?.sessionContext?.session?.kernel,
-    { timeout: 90000 });
-  step("kernel started");
+  await waitForKernel(page, step);
   result.filled = await fillSolutions(page);
   result.run_ok = await page.evaluate(() => window.jupyterapp.commands.execute("notebook:run-all-cells"));
   step("ran all");
