@@ -151,12 +151,10 @@ def _eos_ids(model: LoadedModel) -> set[int]:
     return set(eos) | {model.tokenizer.eos_token_id} - {None}
 
 
-def _greedy_batch(model: LoadedModel, prefix, shared: int, suffixes: list[list[int]], max_new_tokens: int,
-                  stop_at_eos: bool, drop_finished: bool = True) -> list[list[int]]:
-    """Greedy tokens for prompts `prefix + suffix` (prefix already in the KV cache `prefix`, `shared` tokens);
-    suffixes are left-padded after the prefix, with positions counted over real tokens only. A row stops at its
-    end-of-sequence token (kept, as `generate` decodes without special tokens); with `drop_finished` it also
-    leaves the batch, else it runs on unrecorded until every row is done."""
+def _after_prefix(model: LoadedModel, prefix, shared: int, suffixes: list[list[int]]):
+    """A batch's input after a shared prefix of `shared` tokens: the suffixes left-padded behind the prefix
+    (`input_ids` `[n, width]`), the attention mask over prefix and suffix, position ids counted over real tokens
+    only, and a copy of the prefix's KV cache (None without a prefix) repeated for each row."""
     import copy
 
     dev, n, width = model.device, len(suffixes), max(len(s) for s in suffixes)
@@ -166,11 +164,21 @@ def _greedy_batch(model: LoadedModel, prefix, shared: int, suffixes: list[list[i
     for row, suffix in enumerate(suffixes):
         input_ids[row, width - len(suffix):] = torch.tensor(suffix, device=dev)
         mask[row, shared + width - len(suffix):] = 1
-    positions = position_ids(mask)
     cache = None
     if prefix is not None:
         cache = copy.deepcopy(prefix)
         cache.batch_repeat_interleave(n)
+    return input_ids, mask, position_ids(mask), cache
+
+
+def _greedy_batch(model: LoadedModel, prefix, shared: int, suffixes: list[list[int]], max_new_tokens: int,
+                  stop_at_eos: bool, drop_finished: bool = True) -> list[list[int]]:
+    """Greedy tokens for prompts `prefix + suffix` (prefix already in the KV cache `prefix`, `shared` tokens);
+    suffixes are left-padded after the prefix, with positions counted over real tokens only. A row stops at its
+    end-of-sequence token (kept, as `generate` decodes without special tokens); with `drop_finished` it also
+    leaves the batch, else it runs on unrecorded until every row is done."""
+    dev, n = model.device, len(suffixes)
+    input_ids, mask, positions, cache = _after_prefix(model, prefix, shared, suffixes)
     result = model.hf(input_ids=input_ids, attention_mask=mask, position_ids=positions[:, shared:],
                       past_key_values=cache, use_cache=True, logits_to_keep=1)
     cache, next_position = result.past_key_values, positions[:, -1] + 1
@@ -199,16 +207,37 @@ def _greedy_batch(model: LoadedModel, prefix, shared: int, suffixes: list[list[i
 
 @torch.no_grad()
 def last_token_logits(model: LoadedModel, instructions: list[str], intervention: Intervention = NO_INTERVENTION,
-                      batch_size: int = 16, progress: bool = False) -> Tensor:
-    """Next-token logits `[n, d_vocab]` at the last prompt position, optionally under an intervention."""
+                      batch_size: int = 16, progress: bool = False, share_prefix: bool = False) -> Tensor:
+    """Next-token logits `[n, d_vocab]` at the last prompt position, optionally under an intervention.
+
+    `share_prefix=True` runs the tokens every prompt shares (system turn and user header, ~24 of ~40 offline) once,
+    under the intervention, and copies their KV cache into each batch, as `generate` does: the same logits to float
+    rounding (tested) for ~40% of the compute. Only for hooks that treat every row and position alike: not with an
+    intervention's `edit` (it may be a function of the batch row) nor inside hooks added around this call."""
+    if share_prefix and intervention.edit is not None:
+        raise ValueError("last_token_logits(share_prefix=True) cannot take an intervention with an edit (it may treat "
+                         "batch rows differently): pass share_prefix=False.")
     order = _length_sorted(instructions)
     result = torch.empty(len(instructions), model.d_vocab, dtype=torch.float32)
-    for batch in tqdm(batched(order, batch_size), desc="forward", disable=not progress):
-        enc = model.tokenize_instructions([instructions[i] for i in batch])
-        with model.hooks(intervention):
-            hidden = model.hf.model(**enc, position_ids=position_ids(enc["attention_mask"])).last_hidden_state
-        logits = model.unembed(hidden[:, -1, :])  # only the last position: skips most of the unembedding
-        result[batch] = logits.float().cpu()
+    ids, shared, prefix = None, 0, None
+    if share_prefix:
+        instructions = check_instructions(instructions)
+        ids = [model.tokenizer(model.format_chat(i), add_special_tokens=True)["input_ids"] for i in instructions]
+        shared = _common_prefix_length(ids)
+    with model.hooks(intervention):
+        if shared:
+            prefix = model.hf.model(input_ids=torch.tensor([ids[0][:shared]], device=model.device),
+                                    use_cache=True).past_key_values
+        for batch in tqdm(batched(order, batch_size), desc="forward", disable=not progress):
+            if prefix is None:
+                enc = model.tokenize_instructions([instructions[i] for i in batch])
+                hidden = model.hf.model(**enc, position_ids=position_ids(enc["attention_mask"])).last_hidden_state
+            else:
+                suffixes = [ids[i][shared:] for i in batch]
+                input_ids, mask, positions, cache = _after_prefix(model, prefix, shared, suffixes)
+                hidden = model.hf.model(input_ids=input_ids, attention_mask=mask, position_ids=positions[:, shared:],
+                                        past_key_values=cache, use_cache=True).last_hidden_state
+            result[batch] = model.unembed(hidden[:, -1, :]).float().cpu()  # the last position only: a cheap unembed
     return result
 
 

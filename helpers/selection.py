@@ -80,12 +80,13 @@ def score_candidates(model: LoadedModel, mean_diffs: Tensor, positions: list[int
                      harmless_val: list[str], refusal_ids: list[int], max_layer: int | None = None,
                      batch_size: int = 32, layer_step: int = 1, min_layer: int = 0) -> CandidateScores:
     """Bypass, induce and KL scores for every candidate with `min_layer` <= layer < `max_layer` (default: all
-    layers), every `layer_step`-th layer (1 = all)."""
+    layers), every `layer_step`-th layer (1 = all). Ablated passes run the prompts' shared template prefix once
+    (`last_token_logits(share_prefix=True)`); addition passes start at their layer (`last_token_logits_from_layer`)."""
     n_pos, n_layers, _ = mean_diffs.shape
     max_layer = n_layers if max_layer is None else max_layer
     shape = (n_pos, n_layers)
     bypass, induce, kl, bypass_se, induce_se, kl_se = (torch.full(shape, math.nan) for _ in range(6))
-    clean_harmful = last_token_logits(model, harmful_val, batch_size=batch_size)
+    clean_harmful = last_token_logits(model, harmful_val, batch_size=batch_size, share_prefix=True)
     harmless_batches = cache_prompt_batches(model, harmless_val, batch_size)  # induce passes start at their layer
     clean_harmless = harmless_batches.clean_logits
     todo = [(p, layer) for p in range(n_pos) for layer in range(min_layer, max_layer, layer_step)]
@@ -95,8 +96,8 @@ def score_candidates(model: LoadedModel, mean_diffs: Tensor, positions: list[int
             continue
         ablate = Intervention(ablate=r)
         bypass[p, layer], bypass_se[p, layer] = mean_and_se(
-            refusal_metric(last_token_logits(model, harmful_val, ablate, batch_size), refusal_ids))
-        ablated_harmless = last_token_logits(model, harmless_val, ablate, batch_size)
+            refusal_metric(last_token_logits(model, harmful_val, ablate, batch_size, share_prefix=True), refusal_ids))
+        ablated_harmless = last_token_logits(model, harmless_val, ablate, batch_size, share_prefix=True)
         kl[p, layer], kl_se[p, layer] = mean_and_se(kl_last_token(clean_harmless, ablated_harmless))
         add = Intervention(add=r, add_layer=layer, coeff=1.0)
         induce[p, layer], induce_se[p, layer] = mean_and_se(

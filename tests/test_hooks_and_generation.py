@@ -119,6 +119,25 @@ def test_starting_at_a_layer_matches_a_full_pass(model):
     assert len(model.hf.model.layers) == model.n_layers, "the layer list is restored"
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["none", "ablate", "add"])
+def test_shared_prefix_logits_match_full_passes(model, kind):
+    """`last_token_logits(share_prefix=True)` (the template prefix run once, its KV cache copied into each
+    left-padded batch) gives the full passes' logits, with batches of mixed lengths and a batch of one."""
+    torch.manual_seed(6)
+    r = torch.randn(model.d_model) * 5
+    iv = {"none": Intervention(), "ablate": Intervention(ablate=r), "add": Intervention(add=r, add_layer=4)}[kind]
+    prompts = PROMPTS + ["Reply with one word: yes.", "Explain in detail how a bicycle gear train works, step by step."]
+    full = last_token_logits(model, prompts, iv, batch_size=2)
+    shared = last_token_logits(model, prompts, iv, batch_size=2, share_prefix=True)
+    assert (full - last_token_logits(model, prompts, batch_size=2)).abs().max() > 0.1 or kind == "none"
+    # logits (|logit| up to ~30), absolute differences; a position, mask or cache mistake moves them by > 1
+    # measured: max 5.0e-04 over 5 settings (bound 0.01, 20x; scripts/tolerance_margins.py)
+    assert_within(f"generation.shared prefix vs full pass ({kind})", max_abs(shared, full), 1e-2)
+    with pytest.raises(ValueError, match="edit"):
+        last_token_logits(model, prompts, Intervention(edit=lambda x: x, edit_layer=3), share_prefix=True)
+
+
 def test_common_prefix_leaves_each_prompt_two_tokens():
     from helpers.generation import _common_prefix_length
 
