@@ -62,8 +62,7 @@ def generate_with_loop(model: LoadedModel, instructions: list[str], intervention
     out: dict[int, str] = {}
     batches = batched(_length_sorted(instructions), batch_size)
     with model.hooks(intervention):
-        prefix = model.hf(input_ids=torch.tensor([ids[0][:shared]], device=model.device), use_cache=True,
-                          logits_to_keep=1).past_key_values if shared else None
+        prefix = _prefix_cache(model, ids, shared)
         for batch in tqdm(batches, desc="generate", unit="batch", disable=not progress or len(batches) < 2):
             new = _greedy_batch(model, prefix, shared, [ids[i][shared:] for i in batch], max_new_tokens, stop_at_eos,
                                 drop_finished=rows_alike)
@@ -96,8 +95,7 @@ def generate_with_hf(model: LoadedModel, instructions: list[str], intervention: 
     pad, dev, out = model.tokenizer.pad_token_id, model.device, {}
     eos = None if stop_at_eos else -1  # -1: no token ends a row, so every row runs max_new_tokens
     with model.hooks(intervention):
-        prefix = model.hf(input_ids=torch.tensor([ids[0][:shared]], device=dev), use_cache=True,
-                          logits_to_keep=1).past_key_values if shared else None
+        prefix = _prefix_cache(model, ids, shared)
         for batch in batched(_length_sorted(instructions), batch_size):
             width = max(len(ids[i]) for i in batch)
             input_ids = torch.full((len(batch), width), pad, dtype=torch.long, device=dev)
@@ -131,8 +129,22 @@ def _prepared(model: LoadedModel, instructions: list[str], intervention: Interve
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
     intervention.check(model.d_model, model.n_layers)
-    ids = [model.tokenizer(model.format_chat(i), add_special_tokens=True)["input_ids"] for i in instructions]
+    ids = _prompt_ids(model, instructions)
     return instructions, ids, (_common_prefix_length(ids) if intervention.edit is None else 0)
+
+
+def _prompt_ids(model: LoadedModel, instructions: list[str]) -> list[list[int]]:
+    """Each instruction's chat-formatted prompt as token ids, unpadded."""
+    return [model.tokenizer(model.format_chat(i), add_special_tokens=True)["input_ids"] for i in instructions]
+
+
+def _prefix_cache(model: LoadedModel, ids: list[list[int]], shared: int):
+    """The KV cache of the `shared` tokens every prompt starts with, from one one-row pass under whatever hooks are
+    active (None when there are none to share)."""
+    if not shared:
+        return None
+    prefix = torch.tensor([ids[0][:shared]], device=model.device)
+    return model.hf.model(input_ids=prefix, use_cache=True).past_key_values
 
 
 def _common_prefix_length(ids: list[list[int]]) -> int:
@@ -219,15 +231,13 @@ def last_token_logits(model: LoadedModel, instructions: list[str], intervention:
                          "batch rows differently): pass share_prefix=False.")
     order = _length_sorted(instructions)
     result = torch.empty(len(instructions), model.d_vocab, dtype=torch.float32)
-    ids, shared, prefix = None, 0, None
+    ids, shared = None, 0
     if share_prefix:
         instructions = check_instructions(instructions)
-        ids = [model.tokenizer(model.format_chat(i), add_special_tokens=True)["input_ids"] for i in instructions]
+        ids = _prompt_ids(model, instructions)
         shared = _common_prefix_length(ids)
     with model.hooks(intervention):
-        if shared:
-            prefix = model.hf.model(input_ids=torch.tensor([ids[0][:shared]], device=model.device),
-                                    use_cache=True).past_key_values
+        prefix = _prefix_cache(model, ids, shared)
         for batch in tqdm(batched(order, batch_size), desc="forward", disable=not progress):
             if prefix is None:
                 enc = model.tokenize_instructions([instructions[i] for i in batch])
