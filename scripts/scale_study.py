@@ -9,8 +9,10 @@ points of `--behaviour` also get the top latent's bypass when ablated and Lee et
 results file per point under `runs/<preset>/scale_study/points/`, written last: rerun the same command after an
 interruption and it goes on at the first point without one (a half-trained SAE is retrained, a finished one reused).
 Then `table.md`, `table.csv`, `trends.json` and one figure per metric (`figures/*.html`) are written from whatever
-points exist (`--report-only` writes them without training). Needs notebooks 01 and 02 of the preset (and 03 for
-`--behaviour`).
+points exist (`--report-only` writes them without training). `--record DIR` copies each results file, the table,
+trends and cost into a folder you commit (the project's: docs/measurements/scale_study); copy its `points/` back
+into the run folder to redraw the report after the run folder is lost. Needs notebooks 01 and 02 of the preset (and
+03 for `--behaviour`).
 
 Run: `python scripts/scale_study.py [--preset offline] [--widths 1024 ... 16384] [--tokens 200000 ... 1600000]`
 """
@@ -51,6 +53,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--max-rounds", type=int, default=None, help="L1 search rounds per SAE (default: the preset's)")
     ap.add_argument("--cache-only", action="store_true", help="only extend the caches (resumable), then stop")
     ap.add_argument("--report-only", action="store_true", help="only write the table, trends and figures")
+    ap.add_argument("--record", type=Path, default=None,
+                    help="also copy each finished point's results file, the table, trends and cost here (a folder "
+                         "you commit, e.g. docs/measurements/scale_study: the run folder's SAEs and caches are not)")
     return ap.parse_args(argv)
 
 
@@ -75,8 +80,15 @@ def protocol_prompts(kind: str, n: int, cfg) -> tuple[str, dict[str, list[str]]]
     return f"{KISSANE_SET}, n={n}, no system turn", prompts
 
 
-def write_report(run_dir: Path, pair: tuple[str, str], label: str, base_width: int) -> None:
-    """Table, trends and figures from every finished point."""
+def copy_to_record(source: Path, record_dir: Path | None, name: str) -> None:
+    """Copy one of the study's files (`name`, relative to its folder) into the record folder, if one is given."""
+    if record_dir is not None:
+        atomic_write_text(record_dir / name, (source / name).read_text())
+
+
+def write_report(run_dir: Path, pair: tuple[str, str], label: str, base_width: int,
+                 record_dir: Path | None = None) -> None:
+    """Table, trends and figures from every finished point (the table and trends also copied to `record_dir`)."""
     import pandas as pd
 
     from helpers.tables import markdown
@@ -107,6 +119,8 @@ def write_report(run_dir: Path, pair: tuple[str, str], label: str, base_width: i
                 trends[f"{metric} · {c} · along {axis}"] = scale.fit_trend([x for x, _ in xy], [y for _, y in xy],
                                                                          scale.PAPER_POINT[attr])
     atomic_write_json(out / "trends.json", trends)
+    for name in ("table.md", "table.csv", "trends.json"):
+        copy_to_record(out, record_dir, name)
     print(text.read_text())
     print(f"table, trends and figures written to {out}")
 
@@ -125,9 +139,11 @@ def main(argv: list[str] | None = None) -> None:
     own_size = scale.Point(cfg.sae.d_sae, cfg.cache_tokens)
     behaviour = ({scale.Point.parse(n) for n in args.behaviour} if args.behaviour is not None else
                  {own_size, scale.Point(args.base_width, max(args.tokens)), scale.Point(max(args.widths), max(args.tokens))})
+    if args.record is not None and args.record.exists() and not args.record.is_dir():
+        fail(f"--record {args.record} is a file: pass a folder (it is made if missing).")
     label, prompts = protocol_prompts(args.prompts, args.n_prompts, cfg)
     if args.report_only:
-        write_report(cfg.run_dir, pair, label, args.base_width)
+        write_report(cfg.run_dir, pair, label, args.base_width, args.record)
         return
     from helpers.decomposition import load_direction
 
@@ -182,6 +198,8 @@ def main(argv: list[str] | None = None) -> None:
         target = meta["layer"]
         pos_index = list(range(-mean_diffs.shape[0], 0)).index(meta["position"])
     done = {p: {c: r["training"][c]["l1_coefficient"] for c in pair} for p, r in scale.completed(cfg.run_dir).items()}
+    for p in done:  # a run killed between a results file and its copy: the copy is made now
+        copy_to_record(study, args.record, f"points/{p.name}.json")
     todo = [p for p in points if p not in done]
     print(f"{len(points) - len(todo)} of {len(points)} points done; next: {[p.name for p in todo]}")
     for p in tqdm(todo, desc="scale study", unit="point"):
@@ -222,6 +240,7 @@ def main(argv: list[str] | None = None) -> None:
                        "l0_matched": {"within_tolerance": matched, "tolerance": cfg.l0_tolerance, "l0_tune": l0},
                        "seconds": {"training": t1 - t0, "evaluation": time.perf_counter() - t1}})
         atomic_write_json(study / "points" / f"{p.name}.json", result)
+        copy_to_record(study, args.record, f"points/{p.name}.json")
         done[p] = {c: training[c]["l1_coefficient"] for c in pair}
         cos = {c: result["protocol"]["faithfulness"]["saes"][c]["cosine"]["estimate"] for c in pair}
         print(f"{p.name}: cosine {cos}; L0 {dict(zip(pair, [round(x, 1) for x in l0]))} (matched: {matched}); "
@@ -229,7 +248,8 @@ def main(argv: list[str] | None = None) -> None:
     atomic_write_json(study / "cost.json", {"caching_seconds": cache_seconds,
                                             "this_run_seconds": time.perf_counter() - started,
                                             "points": {p.name: r["seconds"] for p, r in scale.completed(cfg.run_dir).items()}})
-    write_report(cfg.run_dir, pair, label, args.base_width)
+    copy_to_record(study, args.record, "cost.json")
+    write_report(cfg.run_dir, pair, label, args.base_width, args.record)
 
 
 if __name__ == "__main__":

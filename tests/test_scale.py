@@ -131,13 +131,13 @@ def _fake_direction(runs: Path) -> None:
     (folder / "direction.json").write_text(json.dumps({"layer": 16, "position": -1}))
 
 
-def _study(runs: Path, pause: str | None = None) -> subprocess.Popen:
+def _study(runs: Path, pause: str | None = None, extra: tuple[str, ...] = ()) -> subprocess.Popen:
     env = {**os.environ, "REFUSAL_RUNS_DIR": str(runs), "HF_HUB_OFFLINE": "1", "MKL_CBWR": "AUTO",
            "WANDB_MODE": "disabled", "TRANSFORMERS_VERBOSITY": "error", "REFUSAL_PAUSE_MARKER": str(runs / "paused")}
     env.pop("REFUSAL_PAUSE_AT", None)
     if pause:
         env["REFUSAL_PAUSE_AT"] = pause
-    return subprocess.Popen([sys.executable, "scripts/scale_study.py", *STUDY], cwd=REPO, env=env,
+    return subprocess.Popen([sys.executable, "scripts/scale_study.py", *STUDY, *extra], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -159,7 +159,7 @@ def test_study_resumes_after_kill_and_matches_l0(tmp_path):
     _tiny_caches(clean)
     _fake_direction(clean)
     shutil.copytree(clean, killed)
-    job = _study(clean)
+    job = _study(clean, extra=("--record", str(tmp_path / "record")))
     out, _ = job.communicate(timeout=600)
     assert job.returncode == 0, out[-3000:]
     expected = _results(clean)
@@ -167,6 +167,11 @@ def test_study_resumes_after_kill_and_matches_l0(tmp_path):
     study = clean / "smoke" / "scale_study"
     for f in ("table.md", "table.csv", "trends.json", "cost.json"):
         assert (study / f).is_file(), f
+    # --record: a copy of every results file, the table, trends and cost, byte for byte
+    recorded = sorted(str(f.relative_to(tmp_path / "record")) for f in (tmp_path / "record").rglob("*") if f.is_file())
+    assert recorded == ["cost.json", "points/w32_u2048.json", "points/w32_u4096.json", "table.csv", "table.md",
+                        "trends.json"]
+    assert all((tmp_path / "record" / f).read_bytes() == (study / f).read_bytes() for f in recorded)
     assert len(list((study / "figures").glob("*.html"))) == len(scale.METRICS)
     # a figure's title names Kissane et al.'s protocol exactly when its metric is measured on it
     titles = {label: fig.layout.title.text for label, fig in scale.figures(
@@ -202,7 +207,7 @@ def test_study_resumes_after_kill_and_matches_l0(tmp_path):
     assert behaviour["top_latent"] == {c: top[c]["latent"] for c in ("webtext", "chat")}
     # killed in the second point's training (the first point drew 2 SAEs x 2 rounds x 36 batches: 20 for sae_lens'
     # norm estimate, 16 steps), then rerun: the first point is kept, the second trained again
-    job = _study(killed, pause="sae_batch:160")
+    job = _study(killed, pause="sae_batch:160", extra=("--record", str(tmp_path / "record_killed")))
     marker = killed / "paused"
     deadline = time.time() + 600
     while not marker.exists() and job.poll() is None and time.time() < deadline:
@@ -212,10 +217,16 @@ def test_study_resumes_after_kill_and_matches_l0(tmp_path):
     job.wait()
     partial = _results(killed)
     assert set(partial) == {"w32_u2048"} and partial["w32_u2048"] == expected["w32_u2048"]
-    job = _study(killed)
+    assert [f.name for f in (tmp_path / "record_killed" / "points").iterdir()] == ["w32_u2048.json"]
+    (tmp_path / "record_killed" / "points" / "w32_u2048.json").unlink()  # as if killed before its copy was made
+    job = _study(killed, extra=("--record", str(tmp_path / "record_killed")))
     out, _ = job.communicate(timeout=600)
     assert job.returncode == 0, out[-3000:]
     assert _results(killed) == expected
+    copies = tmp_path / "record_killed" / "points"
+    points = killed / "smoke" / "scale_study" / "points"
+    assert all((copies / f.name).read_bytes() == f.read_bytes() for f in points.iterdir())
+    assert len(list(copies.iterdir())) == 2
     assert not list(killed.rglob("*.tmp-*"))
 
 
@@ -223,7 +234,9 @@ def test_bad_input_fails_in_one_line(tmp_path):
     env = {**os.environ, "REFUSAL_RUNS_DIR": str(tmp_path), "REFUSAL_PROCESSED_INSTRUCTIONS": str(tmp_path / "none")}
     start = time.perf_counter()
     for args, says in ((["--preset", "smoke"], "are not in"),
-                       (["--preset", "smoke", "--prompts", "ours", "--only", "w1_u1"], "are not points of this study")):
+                       (["--preset", "smoke", "--prompts", "ours", "--only", "w1_u1"], "are not points of this study"),
+                       (["--preset", "smoke", "--prompts", "ours", "--record", "README.md"],
+                        "is a file: pass a folder")):
         out = subprocess.run([sys.executable, "scripts/scale_study.py", *args], cwd=REPO, env=env, capture_output=True,
                              text=True)
         assert out.returncode == 2 and says in out.stderr and out.stderr.count("\n") == 1, out.stderr
