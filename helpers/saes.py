@@ -333,7 +333,8 @@ def examples_html(examples: dict[int, list[dict]], title: str) -> str:
 
 def train_matched(caches: dict[str, ActivationCache], heldout: dict[str, Tensor], sae_cfg: SAEConfig,
                   target_l0: float, tolerance: float = 0.15, max_rounds: int = 3, slope: float = -0.9,
-                  seed: int = 0, device: str = "cpu") -> tuple[dict, dict, dict, list[dict]]:
+                  seed: int = 0, device: str = "cpu", rounds: dict[str, Path] | None = None,
+                  rounds_key: dict | None = None) -> tuple[dict, dict, dict, list[dict]]:
     """Train one SAE per corpus at full length and tune each one's L1 coefficient until its L0 on its own
     held-out data is within a factor sqrt(1 + tolerance) of `target_l0` (so two such SAEs differ by at most
     `tolerance`).
@@ -344,9 +345,13 @@ def train_matched(caches: dict[str, ActivationCache], heldout: dict[str, Tensor]
     offline run measured -0.85 to -0.87 at full length), the secant through its last two runs after that.
     TopK variants (L0 = k) train once. Each corpus keeps the run whose L0 is closest to the target (in log
     terms), not necessarily the last. `heldout` should be a tuning part of the held-out data that the final
-    evaluation does not use.
+    evaluation does not use. `rounds` (a folder per corpus) keeps each finished run there (`<round>/`: the SAE and
+    `round.json`, written last); a run found there with the same `rounds_key` and coefficient is loaded instead of
+    trained, so a search killed in its third run resumes at the third run.
     Returns (saes, histories, coefficients, log of every run; the kept runs have "kept": True)."""
     from dataclasses import replace
+
+    from helpers.files import atomic_write_json
 
     l1 = {c: sae_cfg.l1_coefficient for c in caches}
     band = math.log(1 + tolerance) / 2
@@ -354,15 +359,31 @@ def train_matched(caches: dict[str, ActivationCache], heldout: dict[str, Tensor]
     points: dict[str, list[tuple[float, float]]] = {c: [] for c in caches}  # (log coefficient, log L0)
 
     best: dict[str, tuple[float, float]] = {}  # corpus -> (distance from target in log L0, coefficient)
+    want = json.loads(json.dumps(rounds_key, default=float))  # as round.json holds it (tuples become lists)
 
     def fit(corpus: str) -> None:
-        sae, history, seconds = train_sae(caches[corpus], replace(sae_cfg, l1_coefficient=l1[corpus]), seed=seed,
-                                           device=device)
-        stats = reconstruction_stats(sae, heldout[corpus])
-        y = math.log(max(stats.l0, 1e-3))
+        n = len(points[corpus]) + 1
+        folder = Path(rounds[corpus]) / str(n) if rounds else None
+        saved = json.loads((folder / "round.json").read_text()) if folder and (folder / "round.json").exists() else {}
+        if saved.get("key") == want and saved.get("l1_coefficient") == l1[corpus]:
+            sae = load_sae(folder, device=device)
+            tqdm.write(f"{corpus}: run {n} of the L0 search found in {folder}: not trained again")
+            history, seconds, l0, ev = saved["history"], saved["seconds"], saved["l0"], saved["explained_variance"]
+        else:
+            sae, history, seconds = train_sae(caches[corpus], replace(sae_cfg, l1_coefficient=l1[corpus]), seed=seed,
+                                               device=device)
+            stats = reconstruction_stats(sae, heldout[corpus])
+            l0, ev = stats.l0, stats.explained_variance
+            if folder:
+                (folder / "round.json").unlink(missing_ok=True)
+                save_sae(sae, folder)
+                atomic_write_json(folder / "round.json", {"key": rounds_key, "l1_coefficient": l1[corpus], "l0": l0,
+                                                          "explained_variance": ev, "seconds": seconds,
+                                                          "history": history})
+        y = math.log(max(l0, 1e-3))
         points[corpus].append((math.log(l1[corpus]), y))
-        log.append({"corpus": corpus, "round": len(points[corpus]), "l1_coefficient": l1[corpus], "l0": stats.l0,
-                    "explained_variance": stats.explained_variance, "seconds": seconds, "kept": False})
+        log.append({"corpus": corpus, "round": n, "l1_coefficient": l1[corpus], "l0": l0,
+                    "explained_variance": ev, "seconds": seconds, "kept": False})
         distance = abs(y - math.log(target_l0))
         if corpus not in best or distance < best[corpus][0]:
             best[corpus] = (distance, l1[corpus])
@@ -416,7 +437,9 @@ def train_or_reuse(name: str, cache, heldout_tune: Tensor, sae_cfg: SAEConfig, f
     """Train one SAE with the full-length L0 search (`train_matched`) and save it to `folder`, unless `folder`
     already holds one trained with the same `training_key` (then nothing is trained). Returns (its log rows,
     whether it was reused). `training.json`, which holds the key, is written last, so a run killed while saving
-    is retrained, not reused."""
+    is retrained, not reused; each finished run of the search is kept in `folder/rounds/` until then, so a killed
+    search resumes at the run it was in."""
+    import shutil
     from dataclasses import asdict, replace
 
     folder = Path(folder)
@@ -427,11 +450,15 @@ def train_or_reuse(name: str, cache, heldout_tune: Tensor, sae_cfg: SAEConfig, f
         if saved.get("key") == key:
             return saved["log"], True
     record.unlink(missing_ok=True)
+    if force:
+        shutil.rmtree(folder / "rounds", ignore_errors=True)
     saes, histories, l1, log = train_matched({name: cache}, {name: heldout_tune}, sae_cfg, target_l0,
-                                             tolerance=tolerance, max_rounds=max_rounds, seed=seed, device=device)
+                                             tolerance=tolerance, max_rounds=max_rounds, seed=seed, device=device,
+                                             rounds={name: folder / "rounds"}, rounds_key=key)
     save_sae(saes[name], folder)
     from helpers.files import atomic_write_json
 
     atomic_write_json(record, {"name": name, "key": key, "log": log,
                                "sae_config": asdict(replace(sae_cfg, l1_coefficient=l1[name])), **histories[name]})
+    shutil.rmtree(folder / "rounds", ignore_errors=True)
     return log, False

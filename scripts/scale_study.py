@@ -7,7 +7,8 @@ the preset's, continued to the largest token count (resumable, in pieces: `--cac
 on Kissane et al.'s protocol (their AdvBench and Alpaca split, no system turn, position −1) and on held-out text; the
 points of `--behaviour` also get the top latent's bypass when ablated and Lee et al.'s prompt specificity. One
 results file per point under `runs/<preset>/scale_study/points/`, written last: rerun the same command after an
-interruption and it goes on at the first point without one (a half-trained SAE is retrained, a finished one reused).
+interruption and it goes on at the first point without one (a finished SAE is reused; a killed L0 search loads its
+finished runs and retrains only the run it was in).
 Then `table.md`, `table.csv`, `trends.json` and one figure per metric (`figures/*.html`) are written from whatever
 points exist (`--report-only` writes them without training). `--record DIR` copies each results file, the table,
 trends and cost into a folder you commit (the project's: docs/measurements/scale_study); copy its `points/` back

@@ -1,4 +1,5 @@
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -92,6 +93,48 @@ def test_train_matched_moves_l0_towards_target(tiny_cache):
     # measured: max 0.0e+00 over 5 settings (bound 1e-06, no rounding seen; scripts/tolerance_margins.py)
     assert_within("reconstruction_stats(saes['a'], acts).l0",
                   scaled_error(reconstruction_stats(saes["a"], acts).l0, log[-1]["l0"]), 1e-6)
+
+
+@pytest.mark.slow
+def test_train_matched_resumes_at_the_round_it_was_in(tiny_cache, tmp_path, monkeypatch):
+    """Each finished run is kept in `rounds`: a search run again loads the runs it finds (same key, same coefficient)
+    and trains only the rest, with the same log and the same kept SAE as the search that trained them all."""
+    from helpers import saes as saes_module
+
+    acts = tiny_cache.load_all(1024)["activations"]
+    first, _, _ = train_sae(tiny_cache, TINY)
+    target = reconstruction_stats(first, acts).l0 / 3  # three rounds, none within the band
+    trained = []
+    real = saes_module.train_sae
+
+    def counting(cache, cfg, seed=0, device="cpu"):
+        trained.append(cfg.l1_coefficient)
+        return real(cache, cfg, seed=seed, device=device)
+
+    monkeypatch.setattr(saes_module, "train_sae", counting)
+
+    def search(key, cfg=TINY):
+        saes, _, l1, log = train_matched({"a": tiny_cache}, {"a": acts}, cfg, target, tolerance=0.01, max_rounds=3,
+                                         rounds={"a": tmp_path / "rounds"}, rounds_key=key)
+        return saes["a"].W_dec.detach().clone(), l1, [{k: v for k, v in r.items() if k != "seconds"} for r in log]
+
+    w, l1, log = search({"run": 1, "pair": (1, 2)})  # a tuple in the key: round.json holds a list
+    assert len(trained) == 3 and sorted(p.name for p in (tmp_path / "rounds").iterdir()) == ["1", "2", "3"]
+    (tmp_path / "rounds" / "3" / "round.json").unlink()  # killed while training round 3
+    trained.clear()
+    w2, l1_2, log2 = search({"run": 1, "pair": (1, 2)})
+    assert trained == [log[2]["l1_coefficient"]], "only the third run is trained again"
+    assert log2 == log and l1_2 == l1
+    torch.testing.assert_close(w2, w, rtol=0, atol=0)
+    trained.clear()
+    w3, _, log3 = search({"run": 1, "pair": (1, 2)})
+    assert log3 == log and trained == [], "all three found: nothing trained"
+    torch.testing.assert_close(w3, w, rtol=0, atol=0)
+    search({"run": 2, "pair": (1, 2)})
+    assert len(trained) == 3, "another key: every run trained again"
+    trained.clear()
+    search({"run": 2, "pair": (1, 2)}, replace(TINY, l1_coefficient=TINY.l1_coefficient * 1.5))
+    assert len(trained) == 3, "the same key, another start: every run trained again"
 
 
 @pytest.mark.slow

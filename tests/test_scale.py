@@ -205,9 +205,17 @@ def test_study_resumes_after_kill_and_matches_l0(tmp_path):
     assert {k.split(" · ")[0] for k in behaviour["specificity"]} == {"webtext", "chat"}
     top = expected["w32_u4096"]["protocol"]["max_decoder_cosine"]
     assert behaviour["top_latent"] == {c: top[c]["latent"] for c in ("webtext", "chat")}
-    # killed in the second point's training (the first point drew 2 SAEs x 2 rounds x 36 batches: 20 for sae_lens'
-    # norm estimate, 16 steps), then rerun: the first point is kept, the second trained again
-    job = _study(killed, pause="sae_batch:160", extra=("--record", str(tmp_path / "record_killed")))
+    # killed in the second run of the first SAE whose L0 search took two (a run draws 20 batches for sae_lens' norm
+    # estimate, then one per step), then rerun: finished points and SAEs are kept, the in-flight search's first run
+    # is loaded, not trained again
+    def batches(point: str) -> int:
+        return 20 + expected[point]["training_tokens"] // cfg.sae.train_batch_size_tokens
+
+    order = [(p, c) for p in ("w32_u2048", "w32_u4096") for c in ("webtext", "chat")]
+    point, two = next((p, c) for p, c in order if expected[p]["training"][c]["rounds"] >= 2)
+    before = sum(expected[p]["training"][c]["rounds"] * batches(p) for p, c in order[:order.index((point, two))])
+    job = _study(killed, pause=f"sae_batch:{before + batches(point) + 10}",
+                 extra=("--record", str(tmp_path / "record_killed")))
     marker = killed / "paused"
     deadline = time.time() + 600
     while not marker.exists() and job.poll() is None and time.time() < deadline:
@@ -215,18 +223,25 @@ def test_study_resumes_after_kill_and_matches_l0(tmp_path):
     assert marker.exists(), "the study never reached its pause point"
     job.send_signal(signal.SIGKILL)
     job.wait()
+    finished = [p for p in ("w32_u2048", "w32_u4096") if p < point]
     partial = _results(killed)
-    assert set(partial) == {"w32_u2048"} and partial["w32_u2048"] == expected["w32_u2048"]
-    assert [f.name for f in (tmp_path / "record_killed" / "points").iterdir()] == ["w32_u2048.json"]
-    (tmp_path / "record_killed" / "points" / "w32_u2048.json").unlink()  # as if killed before its copy was made
+    assert sorted(partial) == finished and all(partial[p] == expected[p] for p in finished)
+    in_flight = killed / "smoke" / "scale_study" / "saes" / f"{point}_{two}" / "rounds"
+    assert sorted(p.name for p in in_flight.iterdir()) == ["1"] and (in_flight / "1" / "round.json").is_file()
     job = _study(killed, extra=("--record", str(tmp_path / "record_killed")))
     out, _ = job.communicate(timeout=600)
     assert job.returncode == 0, out[-3000:]
-    assert _results(killed) == expected
+    assert f"{two}: run 1 of the L0 search found in" in out and f"{two}: run 2 of the L0 search found" not in out
+    assert _results(killed) == expected and not in_flight.exists()
+    # a copy the killed run never made (killed between a results file and its copy) is made by the next run
     copies = tmp_path / "record_killed" / "points"
+    (copies / "w32_u2048.json").unlink()
+    job = _study(killed, extra=("--record", str(tmp_path / "record_killed")))
+    out, _ = job.communicate(timeout=600)
+    assert job.returncode == 0 and "2 of 2 points done" in out, out[-3000:]
     points = killed / "smoke" / "scale_study" / "points"
+    assert sorted(f.name for f in copies.iterdir()) == sorted(f.name for f in points.iterdir())
     assert all((copies / f.name).read_bytes() == f.read_bytes() for f in points.iterdir())
-    assert len(list(copies.iterdir())) == 2
     assert not list(killed.rglob("*.tmp-*"))
 
 
