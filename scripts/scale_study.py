@@ -89,7 +89,8 @@ def copy_to_record(source: Path, record_dir: Path | None, name: str) -> None:
 
 def write_report(run_dir: Path, pair: tuple[str, str], label: str, base_width: int,
                  record_dir: Path | None = None) -> None:
-    """Table, trends and figures from every finished point (the table and trends also copied to `record_dir`)."""
+    """Table, trends and figures from every finished point; the table, trends and every point's results file also
+    copied to `record_dir` (a point killed between its file and its copy gets it here)."""
     import pandas as pd
 
     from helpers.tables import markdown
@@ -120,7 +121,7 @@ def write_report(run_dir: Path, pair: tuple[str, str], label: str, base_width: i
                 trends[f"{metric} · {c} · along {axis}"] = scale.fit_trend([x for x, _ in xy], [y for _, y in xy],
                                                                          scale.PAPER_POINT[attr])
     atomic_write_json(out / "trends.json", trends)
-    for name in ("table.md", "table.csv", "trends.json"):
+    for name in ["table.md", "table.csv", "trends.json"] + [f"points/{p.name}.json" for p in sorted(points)]:
         copy_to_record(out, record_dir, name)
     print(text.read_text())
     print(f"table, trends and figures written to {out}")
@@ -199,8 +200,6 @@ def main(argv: list[str] | None = None) -> None:
         target = meta["layer"]
         pos_index = list(range(-mean_diffs.shape[0], 0)).index(meta["position"])
     done = {p: {c: r["training"][c]["l1_coefficient"] for c in pair} for p, r in scale.completed(cfg.run_dir).items()}
-    for p in done:  # a run killed between a results file and its copy: the copy is made now
-        copy_to_record(study, args.record, f"points/{p.name}.json")
     todo = [p for p in points if p not in done]
     print(f"{len(points) - len(todo)} of {len(points)} points done; next: {[p.name for p in todo]}")
     for p in tqdm(todo, desc="scale study", unit="point"):

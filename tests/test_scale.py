@@ -233,12 +233,12 @@ def test_study_resumes_after_kill_and_matches_l0(tmp_path):
     assert job.returncode == 0, out[-3000:]
     assert f"{two}: run 1 of the L0 search found in" in out and f"{two}: run 2 of the L0 search found" not in out
     assert _results(killed) == expected and not in_flight.exists()
-    # a copy the killed run never made (killed between a results file and its copy) is made by the next run
+    # a copy a killed run never made (killed between a results file and its copy) is made by the next report
     copies = tmp_path / "record_killed" / "points"
     (copies / "w32_u2048.json").unlink()
-    job = _study(killed, extra=("--record", str(tmp_path / "record_killed")))
+    job = _study(killed, extra=("--record", str(tmp_path / "record_killed"), "--report-only"))
     out, _ = job.communicate(timeout=600)
-    assert job.returncode == 0 and "2 of 2 points done" in out, out[-3000:]
+    assert job.returncode == 0, out[-3000:]
     points = killed / "smoke" / "scale_study" / "points"
     assert sorted(f.name for f in copies.iterdir()) == sorted(f.name for f in points.iterdir())
     assert all((copies / f.name).read_bytes() == f.read_bytes() for f in points.iterdir())
