@@ -87,8 +87,8 @@ def extend_cache(model, cfg, corpus: str, n_tokens: int) -> ActivationCache:
     return open_cache(longer, model.name, corpus, "train")
 
 
-def start_coefficient(done: dict[Point, dict[str, float]], point: Point, corpus: str, default: float,
-                      slope_width: float | None = None) -> tuple[float, str]:
+def start_coefficient(done: dict[Point, dict[str, float]], point: Point, corpus: str,
+                      default: float) -> tuple[float, str]:
     """Where the L1 search of `corpus` at `point` starts, and how it was found: the final coefficient of the nearest
     trained point (in log width and log tokens), else `default`. Between two or more trained points of the same
     token count the coefficient is moved along the log-log line they fit against width (L0 at a fixed coefficient

@@ -9,11 +9,11 @@ points of `--behaviour` also get the top latent's bypass when ablated and Lee et
 results file per point under `runs/<preset>/scale_study/points/`, written last: rerun the same command after an
 interruption and it goes on at the first point without one (a finished SAE is reused; a killed L0 search loads its
 finished runs and retrains only the run it was in).
-Then `table.md`, `table.csv`, `trends.json` and one figure per metric (`figures/*.html`) are written from whatever
-points exist (`--report-only` writes them without training). `--record DIR` copies each results file, the table,
-trends and cost into a folder you commit (the project's: docs/measurements/scale_study); copy its `points/` back
-into the run folder to redraw the report after the run folder is lost. Needs notebooks 01 and 02 of the preset (and
-03 for `--behaviour`).
+After each point, `table.md`, `table.csv`, `trends.json` and one figure per metric (`figures/*.html`) are written
+from every finished point (`--report-only` writes them without training). `--record DIR` copies each results file,
+the table, trends and cost into a folder you commit (the project's: docs/measurements/scale_study); copy its
+`points/` back into the run folder to redraw the report after the run folder is lost. Needs notebooks 01 and 02 of
+the preset (and 03 for `--behaviour`).
 
 Run: `python scripts/scale_study.py [--preset offline] [--widths 1024 ... 16384] [--tokens 200000 ... 1600000]`
 """
@@ -89,8 +89,9 @@ def copy_to_record(source: Path, record_dir: Path | None, name: str) -> None:
 
 def write_report(run_dir: Path, pair: tuple[str, str], label: str, base_width: int,
                  record_dir: Path | None = None) -> None:
-    """Table, trends and figures from every finished point; the table, trends and every point's results file also
-    copied to `record_dir` (a point killed between its file and its copy gets it here)."""
+    """Table, trends and figures from every finished point; the table, trends, figures (plotly.js from its CDN) and
+    every point's results file also copied to `record_dir` (a point killed between its file and its copy gets it
+    here)."""
     import pandas as pd
 
     from helpers.tables import markdown
@@ -101,14 +102,16 @@ def write_report(run_dir: Path, pair: tuple[str, str], label: str, base_width: i
         print("no finished point yet: nothing to report")
         return
     table = pd.DataFrame(scale.table_rows(points, pair)).astype(object)  # a k not reached stays None
-    table.to_csv(out / "table.csv", index=False)
+    atomic_write_text(out / "table.csv", table.to_csv(index=False))
     shown = table.drop(columns=["L1 start", "training tokens"])
-    text = atomic_write_text(out / "table.md", f"Scale study, {label}; {len(points)} points\n\n" + markdown(shown))
+    text = atomic_write_text(out / "table.md", f"Scale study, {label}; {len(points)} point{'s' * (len(points) != 1)}\n\n" + markdown(shown))
     (out / "figures").mkdir(exist_ok=True)
     for metric, fig in scale.figures(points, pair).items():
         stem = re.sub(r"[^A-Za-z0-9.]+", "_", metric.split(" (")[0].replace("≤", "le")).strip("_")
-        fig.write_html(out / "figures" / f"{stem}.html",
+        fig.write_html(out / "figures" / f"{stem}.html", div_id=stem,
                        include_plotlyjs="directory")  # plotly.min.js once, beside them: opens offline
+        if record_dir is not None:  # the committed copy loads plotly.js from its CDN (3.5 MB not in the repository)
+            atomic_write_text(record_dir / "figures" / f"{stem}.html", fig.to_html(include_plotlyjs="cdn", div_id=stem))
     trends = {}  # each metric's line against log tokens (at the base width) and log width (at the most tokens)
     largest = max(p.unique_tokens for p in points)
     along = {"training tokens": (sorted(p for p in points if p.d_sae == base_width), "training_tokens"),
@@ -125,6 +128,17 @@ def write_report(run_dir: Path, pair: tuple[str, str], label: str, base_width: i
         copy_to_record(out, record_dir, name)
     print(text.read_text())
     print(f"table, trends and figures written to {out}")
+
+
+def report(run_dir: Path, study: Path, pair: tuple[str, str], label: str, args: argparse.Namespace,
+           cache_seconds: dict, started: float) -> None:
+    """`cost.json` and the report from every finished point, after each point (a study spans sessions and is
+    killed somewhere: its table, trends and copies are never older than its last point)."""
+    atomic_write_json(study / "cost.json", {"caching_seconds": cache_seconds,
+                                            "this_run_seconds": time.perf_counter() - started,
+                                            "points": {p.name: r["seconds"] for p, r in scale.completed(run_dir).items()}})
+    copy_to_record(study, args.record, "cost.json")
+    write_report(run_dir, pair, label, args.base_width, args.record)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -245,11 +259,9 @@ def main(argv: list[str] | None = None) -> None:
         cos = {c: result["protocol"]["faithfulness"]["saes"][c]["cosine"]["estimate"] for c in pair}
         print(f"{p.name}: cosine {cos}; L0 {dict(zip(pair, [round(x, 1) for x in l0]))} (matched: {matched}); "
               f"{t1 - t0:.0f} s training, {time.perf_counter() - t1:.0f} s evaluation", flush=True)
-    atomic_write_json(study / "cost.json", {"caching_seconds": cache_seconds,
-                                            "this_run_seconds": time.perf_counter() - started,
-                                            "points": {p.name: r["seconds"] for p, r in scale.completed(cfg.run_dir).items()}})
-    copy_to_record(study, args.record, "cost.json")
-    write_report(cfg.run_dir, pair, label, args.base_width, args.record)
+        report(cfg.run_dir, study, pair, label, args, cache_seconds, started)
+    if not todo:
+        report(cfg.run_dir, study, pair, label, args, cache_seconds, started)
 
 
 if __name__ == "__main__":

@@ -164,14 +164,20 @@ def test_study_resumes_after_kill_and_matches_l0(tmp_path):
     assert job.returncode == 0, out[-3000:]
     expected = _results(clean)
     assert set(expected) == {"w32_u2048", "w32_u4096"}
+    assert out.index("; 1 point\n") < out.index("w32_u4096: cosine") < out.index("; 2 points\n")
     study = clean / "smoke" / "scale_study"
     for f in ("table.md", "table.csv", "trends.json", "cost.json"):
         assert (study / f).is_file(), f
     # --record: a copy of every results file, the table, trends and cost, byte for byte
     recorded = sorted(str(f.relative_to(tmp_path / "record")) for f in (tmp_path / "record").rglob("*") if f.is_file())
-    assert recorded == ["cost.json", "points/w32_u2048.json", "points/w32_u4096.json", "table.csv", "table.md",
-                        "trends.json"]
-    assert all((tmp_path / "record" / f).read_bytes() == (study / f).read_bytes() for f in recorded)
+    figures = sorted(f"figures/{f.name}" for f in (study / "figures").glob("*.html"))
+    assert recorded == sorted(["cost.json", "points/w32_u2048.json", "points/w32_u4096.json", "table.csv", "table.md",
+                               "trends.json"] + figures)
+    assert all((tmp_path / "record" / f).read_bytes() == (study / f).read_bytes() for f in recorded if f not in figures)
+    for f in figures:  # the same figure, plotly.js from its CDN in the committed copy
+        copy, own = (tmp_path / "record" / f).read_text(), (study / f).read_text()
+        assert 'src="https://cdn.plot.ly/' in copy and 'src="plotly.min.js"' in own
+        assert copy.split('Plotly.newPlot(')[1] == own.split('Plotly.newPlot(')[1]
     assert len(list((study / "figures").glob("*.html"))) == len(scale.METRICS)
     # a figure's title names Kissane et al.'s protocol exactly when its metric is measured on it
     titles = {label: fig.layout.title.text for label, fig in scale.figures(
@@ -226,6 +232,8 @@ def test_study_resumes_after_kill_and_matches_l0(tmp_path):
     finished = [p for p in ("w32_u2048", "w32_u4096") if p < point]
     partial = _results(killed)
     assert sorted(partial) == finished and all(partial[p] == expected[p] for p in finished)
+    # the report is written after each point, not only at the end (a killed run keeps the table of its finished points)
+    assert (tmp_path / "record_killed" / "table.md").is_file() == bool(finished)
     in_flight = killed / "smoke" / "scale_study" / "saes" / f"{point}_{two}" / "rounds"
     assert sorted(p.name for p in in_flight.iterdir()) == ["1"] and (in_flight / "1" / "round.json").is_file()
     job = _study(killed, extra=("--record", str(tmp_path / "record_killed")))
