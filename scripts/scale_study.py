@@ -11,7 +11,7 @@ interruption and it goes on at the first point without one (a finished SAE is re
 finished runs and retrains only the run it was in).
 After each point, `table.md`, `table.csv`, `trends.json` and one figure per metric (`figures/*.html`) are written
 from every finished point (`--report-only` writes them without training). `--record DIR` copies each results file,
-the table, trends and cost into a folder you commit (the project's: docs/measurements/scale_study); copy its
+the table, trends, figures and cost into a folder you commit (the project's: docs/measurements/scale_study); copy its
 `points/` back into the run folder to redraw the report after the run folder is lost. Needs notebooks 01 and 02 of
 the preset (and 03 for `--behaviour`).
 
@@ -104,7 +104,8 @@ def write_report(run_dir: Path, pair: tuple[str, str], label: str, base_width: i
     table = pd.DataFrame(scale.table_rows(points, pair)).astype(object)  # a k not reached stays None
     atomic_write_text(out / "table.csv", table.to_csv(index=False))
     shown = table.drop(columns=["L1 start", "training tokens"])
-    text = atomic_write_text(out / "table.md", f"Scale study, {label}; {len(points)} point{'s' * (len(points) != 1)}\n\n" + markdown(shown))
+    title = f"Scale study, {label}; {len(points)} point{'s' * (len(points) != 1)}"
+    text = atomic_write_text(out / "table.md", f"{title}\n\n" + markdown(shown))
     (out / "figures").mkdir(exist_ok=True)
     for metric, fig in scale.figures(points, pair).items():
         stem = re.sub(r"[^A-Za-z0-9.]+", "_", metric.split(" (")[0].replace("≤", "le")).strip("_")
@@ -130,10 +131,12 @@ def write_report(run_dir: Path, pair: tuple[str, str], label: str, base_width: i
     print(f"table, trends and figures written to {out}")
 
 
-def report(run_dir: Path, study: Path, pair: tuple[str, str], label: str, args: argparse.Namespace,
-           cache_seconds: dict, started: float) -> None:
-    """`cost.json` and the report from every finished point, after each point (a study spans sessions and is
-    killed somewhere: its table, trends and copies are never older than its last point)."""
+def report(run_dir: Path, pair: tuple[str, str], label: str, args: argparse.Namespace, cache_seconds: dict,
+           started: float) -> None:
+    """`cost.json` and the report from every finished point, with their `--record` copies; called after each point
+    (a study spans sessions and is killed somewhere: its table, trends and copies are never older than its last
+    point)."""
+    study = scale.study_dir(run_dir)
     atomic_write_json(study / "cost.json", {"caching_seconds": cache_seconds,
                                             "this_run_seconds": time.perf_counter() - started,
                                             "points": {p.name: r["seconds"] for p, r in scale.completed(run_dir).items()}})
@@ -254,14 +257,13 @@ def main(argv: list[str] | None = None) -> None:
                        "l0_matched": {"within_tolerance": matched, "tolerance": cfg.l0_tolerance, "l0_tune": l0},
                        "seconds": {"training": t1 - t0, "evaluation": time.perf_counter() - t1}})
         atomic_write_json(study / "points" / f"{p.name}.json", result)
-        copy_to_record(study, args.record, f"points/{p.name}.json")
         done[p] = {c: training[c]["l1_coefficient"] for c in pair}
         cos = {c: result["protocol"]["faithfulness"]["saes"][c]["cosine"]["estimate"] for c in pair}
         print(f"{p.name}: cosine {cos}; L0 {dict(zip(pair, [round(x, 1) for x in l0]))} (matched: {matched}); "
               f"{t1 - t0:.0f} s training, {time.perf_counter() - t1:.0f} s evaluation", flush=True)
-        report(cfg.run_dir, study, pair, label, args, cache_seconds, started)
+        report(cfg.run_dir, pair, label, args, cache_seconds, started)  # also copies this point's file
     if not todo:
-        report(cfg.run_dir, study, pair, label, args, cache_seconds, started)
+        report(cfg.run_dir, pair, label, args, cache_seconds, started)
 
 
 if __name__ == "__main__":
