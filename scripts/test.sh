@@ -21,19 +21,22 @@ if [ $# -gt 0 ]; then  # arguments (-m "not slow", -k ...): one pytest run of no
 fi
 # Two lanes, one per core (most tests use one core, so a lane alone would leave the other idle):
 #   A: every notebook in smoke mode under nbmake (runs/smoke: the kill test's reference and the run the browser test
-#      opens), then the tests;
-#   B: beside it, notebooks 01-06 on two of the four tiny model families (tests/test_family_notebooks.py, ~5 min
-#      each; the two alternate with the commit count, so any two consecutive commits run all four), then, once A's
-#      notebooks are done, the kill -9 test (the whole smoke job killed and resumed, ~5.5 min).
+#      opens), then the tests but lane B's;
+#   B: beside it, notebooks 01-06 on one of the four tiny model families (tests/test_family_notebooks.py, ~7 min; the
+#      family turns with the commit count, so any four consecutive commits run all four), the tests of the scale study
+#      and the GPU check's dry run (~4 min, independent of the rest), then, once A's notebooks are done, the kill -9
+#      test (the whole smoke job killed and resumed, ~6.5 min). Two families per run put the test command at 23.5 min.
 KILL=tests/test_kill_resume.py::test_the_main_job_survives_kill_9_anywhere
 FAMILIES=tests/test_family_notebooks.py
+BESIDE=(tests/test_scale.py tests/test_gpu_check.py)
 commits=$(git rev-list --count HEAD 2>/dev/null || echo 0)
-if [ $((commits % 2)) -eq 0 ]; then pick="llama or gemma2"; else pick="gemma3 or mistral"; fi
+pick=$(python -c "import sys; print(['llama', 'gemma2', 'gemma3', 'mistral'][int(sys.argv[1]) % 4])" "$commits")
 mkdir -p runs
 rm -f runs/.notebooks-done
 (
   lane=0
-  python -m pytest -q "$FAMILIES" -k "$pick" -p no:cacheprovider --durations=2 || lane=$?
+  python -m pytest -q "$FAMILIES" -k "$pick" -p no:cacheprovider --durations=1 || lane=$?
+  python -m pytest -q "${BESIDE[@]}" -p no:cacheprovider --durations=3 || lane=$?
   while [ ! -f runs/.notebooks-done ]; do sleep 2; done
   python -m pytest -q "$KILL" -p no:cacheprovider --durations=1 || lane=$?
   exit "$lane"
@@ -44,11 +47,11 @@ trap 'pkill -TERM -P "$lane_b" 2>/dev/null || true; rm -f runs/.notebooks-done' 
 status=0
 python -m pytest -q --nbmake notebooks --nbmake-timeout=900 -p no:cacheprovider --durations=7 || status=$?
 touch runs/.notebooks-done
-python -m pytest -q tests --deselect "$KILL" --ignore "$FAMILIES" -p no:cacheprovider --durations=25 || status=$?
+python -m pytest -q tests --deselect "$KILL" --ignore "$FAMILIES" "${BESIDE[@]/#/--ignore=}" -p no:cacheprovider --durations=25 || status=$?
 lane_b_status=0
 wait "$lane_b" || lane_b_status=$?
 trap - EXIT
 rm -f runs/.notebooks-done
-echo "--- lane B: notebooks 01-06 on the tiny $pick models, then the kill -9 test (log: runs/lane_b.log) ---"
+echo "--- lane B: notebooks 01-06 on the tiny $pick model, ${BESIDE[*]}, then the kill -9 test (log: runs/lane_b.log) ---"
 if [ "$lane_b_status" -eq 0 ]; then grep -E "passed|[0-9.]+s call" runs/lane_b.log; else cat runs/lane_b.log; fi
 [ "$status" -eq 0 ] && [ "$lane_b_status" -eq 0 ]

@@ -3,8 +3,8 @@ and SAE), each through the runner with its configuration file (`configs/tiny-<fa
 their own model runs them: every notebook finishes, and what each family must show, shows (a direction on the
 family's own model and hook; weight orthogonalization equal to the ablation except where the family normalises each
 block's output, Gemma 2 and 3; no NaN or infinity in the results but the separation that is undefined by
-construction). About 5 minutes per family on one core; `scripts/test.sh` runs two of the four per commit (beside the
-other tests), every family over two consecutive commits; `pytest tests/test_family_notebooks.py` runs all four."""
+construction). About 5-7 minutes per family on one core; `scripts/test.sh` runs one of the four per commit (beside the
+other tests), every family over four consecutive commits; `pytest tests/test_family_notebooks.py` runs all four."""
 
 from __future__ import annotations
 
