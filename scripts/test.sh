@@ -30,7 +30,8 @@ KILL=tests/test_kill_resume.py::test_the_main_job_survives_kill_9_anywhere
 FAMILIES=tests/test_family_notebooks.py
 BESIDE=(tests/test_scale.py tests/test_gpu_check.py)
 commits=$(git rev-list --count HEAD 2>/dev/null || echo 0)
-pick=$(python -c "import sys; print(['llama', 'gemma2', 'gemma3', 'mistral'][int(sys.argv[1]) % 4])" "$commits")
+ORDER=(llama gemma2 gemma3 mistral)  # tests/test_family_notebooks.py's FAMILIES
+pick=${ORDER[commits % 4]}
 mkdir -p runs
 rm -f runs/.notebooks-done
 (
