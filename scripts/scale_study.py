@@ -131,6 +131,15 @@ def write_report(run_dir: Path, pair: tuple[str, str], label: str, base_width: i
     print(f"table, trends and figures written to {out}")
 
 
+def point_cost(result: dict) -> dict:
+    """A point's seconds: training is every L0 run of both SAEs, whichever process ran it (a search killed and resumed
+    across sessions keeps its finished runs' seconds); `training_wall_last_process` is the wall time of the process
+    that finished the point, which undercounts a resumed point."""
+    return {"training": sum(t["seconds"] for t in result["training"].values()),
+            "evaluation": result["seconds"]["evaluation"],
+            "training_wall_last_process": result["seconds"]["training"]}
+
+
 def report(run_dir: Path, pair: tuple[str, str], label: str, args: argparse.Namespace, cache_seconds: dict,
            started: float) -> None:
     """`cost.json` and the report from every finished point, with their `--record` copies; called after each point
@@ -139,7 +148,7 @@ def report(run_dir: Path, pair: tuple[str, str], label: str, args: argparse.Name
     study = scale.study_dir(run_dir)
     atomic_write_json(study / "cost.json", {"caching_seconds": cache_seconds,
                                             "this_run_seconds": time.perf_counter() - started,
-                                            "points": {p.name: r["seconds"] for p, r in scale.completed(run_dir).items()}})
+                                            "points": {p.name: point_cost(r) for p, r in scale.completed(run_dir).items()}})
     copy_to_record(study, args.record, "cost.json")
     write_report(run_dir, pair, label, args.base_width, args.record)
 
@@ -162,6 +171,12 @@ def main(argv: list[str] | None = None) -> None:
         fail(f"--record {args.record} is a file: pass a folder (it is made if missing).")
     label, prompts = protocol_prompts(args.prompts, args.n_prompts, cfg)
     if args.report_only:
+        cost_file = scale.study_dir(cfg.run_dir) / "cost.json"
+        if cost_file.exists():  # points' costs recounted; caching as the last study run measured it
+            cost = json.loads(cost_file.read_text())
+            cost["points"] = {p.name: point_cost(r) for p, r in scale.completed(cfg.run_dir).items()}
+            atomic_write_json(cost_file, cost)
+            copy_to_record(cost_file.parent, args.record, "cost.json")
         write_report(cfg.run_dir, pair, label, args.base_width, args.record)
         return
     from helpers.decomposition import load_direction

@@ -241,6 +241,13 @@ def test_study_resumes_after_kill_and_matches_l0(tmp_path):
     assert job.returncode == 0, out[-3000:]
     assert f"{two}: run 1 of the L0 search found in" in out and f"{two}: run 2 of the L0 search found" not in out
     assert _results(killed) == expected and not in_flight.exists()
+    # cost.json counts every L0 run of a point, the killed process's included, not the wall time of the last process
+    cost = json.loads((killed / "smoke" / "scale_study" / "cost.json").read_text())["points"]
+    for name in expected:
+        res = json.loads((killed / "smoke" / "scale_study" / "points" / f"{name}.json").read_text())
+        runs_seconds = sum(r["seconds"] for c in ("webtext", "chat") for r in res["training"][c]["runs"])
+        assert cost[name]["training"] == pytest.approx(runs_seconds) and runs_seconds > 0
+        assert cost[name]["training_wall_last_process"] == res["seconds"]["training"]
     # a copy a killed run never made (killed between a results file and its copy) is made by the next report
     copies = tmp_path / "record_killed" / "points"
     (copies / "w32_u2048.json").unlink()
