@@ -71,12 +71,19 @@ def _trainer_class():
     from sae_lens.training.sae_trainer import SAETrainer
 
     class RecordingTrainer(SAETrainer):
-        """sae_lens' trainer, recording the losses and L0 of every step for training curves."""
+        """sae_lens' trainer, recording the losses and L0 of every step for training curves, and saving a checkpoint
+        every `checkpoint_every_s` seconds when given one (`train_sae`)."""
 
         history: list[dict]
+        checkpoint: Checkpoint | None = None
 
         def _update_pbar(self, step_output, pbar, update_interval: int = 1):  # called after every step
             pbar.update(self.cfg.train_batch_size_samples)
+            self._record(step_output, pbar)
+            if self.checkpoint is not None:
+                self.checkpoint.maybe_save(self)
+
+        def _record(self, step_output, pbar) -> None:
             every = max(1, self.cfg.total_training_steps // 200)
             if (self.n_training_steps - 1) % every and self.n_training_steps != self.cfg.total_training_steps:
                 return
@@ -92,10 +99,83 @@ def _trainer_class():
     return RecordingTrainer
 
 
+class _Counted:
+    """An iterator that counts what it hands out (the batches a training run has read, for its checkpoint)."""
+
+    def __init__(self, it: Iterator[Tensor], start: int = 0):
+        self.it, self.n = it, start
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> Tensor:
+        batch = next(self.it)
+        self.n += 1
+        return batch
+
+
+class Checkpoint:
+    """A training run's state in one file, `<folder>/checkpoint.pt`, replaced atomically: the SAE's weights, the
+    trainer's state (what sae_lens' `save_trainer_state` holds: optimizer, schedulers, firing statistics, counters),
+    the activation scale, the history, the seconds spent and the batches read. A run resumed from it reads the data
+    from where the saved run stopped, so it ends with the weights of a run never stopped."""
+
+    COUNTERS = ("n_training_samples", "n_training_steps", "act_freq_scores", "n_forward_passes_since_fired",
+                "n_frac_active_samples", "started_fine_tuning")
+
+    def __init__(self, folder: Path, key: dict, every_s: float):
+        self.file, self.every_s = Path(folder) / "checkpoint.pt", every_s
+        self.key = json.loads(json.dumps(key, default=float))  # as the file holds it (tuples become lists)
+        self.started = self.last = time.perf_counter()
+        self.seconds_before, self.provider = 0.0, None
+
+    def seconds(self) -> float:
+        return self.seconds_before + time.perf_counter() - self.started
+
+    def load(self, device: str) -> dict | None:
+        """The saved state if it was saved for the same key (else None: a run with other settings starts over)."""
+        if not self.file.exists():
+            return None
+        state = torch.load(self.file, map_location=device, weights_only=False)
+        return state if state.get("key") == self.key else None
+
+    def restore(self, trainer, state: dict) -> None:
+        t = state["trainer"]
+        trainer.sae.load_state_dict(state["sae"])
+        trainer.optimizer.load_state_dict(t["optimizer"])
+        trainer.lr_scheduler.load_state_dict(t["lr_scheduler"])
+        for name, sched in t["coefficient_schedulers"].items():
+            trainer.coefficient_schedulers[name].load_state_dict(sched)
+        for name in self.COUNTERS:
+            setattr(trainer, name, t[name])
+        trainer.activation_scaler.scaling_factor = state["scaling_factor"]
+        trainer.history = state["history"]
+        self.seconds_before = state["seconds"]
+        torch.set_rng_state(state["rng"].cpu())
+
+    def maybe_save(self, trainer) -> None:
+        if time.perf_counter() - self.last < self.every_s or trainer.n_training_steps >= trainer.cfg.total_training_steps:
+            return
+        from helpers.files import atomic_write
+
+        t = {"optimizer": trainer.optimizer.state_dict(), "lr_scheduler": trainer.lr_scheduler.state_dict(),
+             "coefficient_schedulers": {n: s.state_dict() for n, s in trainer.coefficient_schedulers.items()},
+             **{name: getattr(trainer, name) for name in self.COUNTERS}}
+        state = {"key": self.key, "sae": trainer.sae.state_dict(), "trainer": t,
+                 "scaling_factor": trainer.activation_scaler.scaling_factor, "history": trainer.history,
+                 "seconds": self.seconds(), "batches_read": self.provider.n, "rng": torch.get_rng_state()}
+        atomic_write(self.file, lambda tmp: torch.save(state, tmp))
+        self.last = time.perf_counter()
+
+
 def train_sae(cache: ActivationCache, sae_cfg: SAEConfig, seed: int = 0, device: str = "cpu",
-              n_batches_for_norm_estimate: int = 20):
+              n_batches_for_norm_estimate: int = 20, checkpoint: Path | None = None, checkpoint_key: dict | None = None,
+              checkpoint_every_s: float = 600.0):
     """Train an SAE on a cache with sae_lens' SAETrainer on `device` (the cache's CPU batches move there);
-    returns (sae, history, seconds)."""
+    returns (sae, history, seconds). With a `checkpoint` folder the run saves its state there every
+    `checkpoint_every_s` seconds (`Checkpoint`) and, started again with the same `checkpoint_key` (and settings),
+    resumes from it; `seconds` then counts every process's time. The caller removes the folder once it has
+    saved the result."""
     from sae_lens.config import LoggingConfig, SAETrainerConfig
 
     torch.manual_seed(seed)
@@ -108,11 +188,27 @@ def train_sae(cache: ActivationCache, sae_cfg: SAEConfig, seed: int = 0, device:
         device=device,
         dead_feature_window=max(1, steps // 4), feature_sampling_window=max(1, steps // 4),
         n_batches_for_norm_estimate=n_batches_for_norm_estimate, logger=LoggingConfig(log_to_wandb=False))
-    trainer = _trainer_class()(trainer_cfg, sae, cache.data_provider(sae_cfg.train_batch_size_tokens, seed=seed))
+    provider = _Counted(cache.data_provider(sae_cfg.train_batch_size_tokens, seed=seed))
+    trainer = _trainer_class()(trainer_cfg, sae, provider)
     trainer.history = []
+    if checkpoint is not None:
+        from dataclasses import asdict
+
+        key = {"run": checkpoint_key, "sae_config": asdict(sae_cfg), "seed": seed, "device": device,
+               "n_batches_for_norm_estimate": n_batches_for_norm_estimate}
+        trainer.checkpoint = saved = Checkpoint(checkpoint, key, checkpoint_every_s)
+        saved.provider = provider
+        state = saved.load(device)
+        if state is not None:
+            saved.restore(trainer, state)
+            for _ in tqdm(range(state["batches_read"]), desc="resuming: skipping the batches already read",
+                          leave=False):
+                next(provider)
+            tqdm.write(f"resumed from {saved.file} at step {trainer.n_training_steps:,} of {steps:,}")
     start = time.perf_counter()
     sae = trainer.fit()
-    return sae, trainer.history, time.perf_counter() - start
+    seconds = trainer.checkpoint.seconds() if trainer.checkpoint is not None else time.perf_counter() - start
+    return sae, trainer.history, seconds
 
 
 def save_sae(sae, folder: Path, extra: dict | None = None) -> Path:
@@ -347,8 +443,10 @@ def train_matched(caches: dict[str, ActivationCache], heldout: dict[str, Tensor]
     terms), not necessarily the last. `heldout` should be a tuning part of the held-out data that the final
     evaluation does not use. `rounds` (a folder per corpus) keeps each finished run there (`<round>/`: the SAE and
     `round.json`, written last); a run found there with the same `rounds_key` and coefficient is loaded instead of
-    trained, so a search killed in its third run resumes at the third run.
+    trained, so a search killed in its third run resumes at the third run, from that run's checkpoint
+    (`<round>-in-progress/`, saved every ten minutes: `train_sae`) when it has one.
     Returns (saes, histories, coefficients, log of every run; the kept runs have "kept": True)."""
+    import shutil
     from dataclasses import replace
 
     from helpers.files import atomic_write_json
@@ -365,13 +463,15 @@ def train_matched(caches: dict[str, ActivationCache], heldout: dict[str, Tensor]
         n = len(points[corpus]) + 1
         folder = Path(rounds[corpus]) / str(n) if rounds else None
         saved = json.loads((folder / "round.json").read_text()) if folder and (folder / "round.json").exists() else {}
+        in_progress = Path(rounds[corpus]) / f"{n}-in-progress" if rounds else None  # the run's checkpoint
         if saved.get("key") == want and saved.get("l1_coefficient") == l1[corpus]:
             sae = load_sae(folder, device=device)
             tqdm.write(f"{corpus}: run {n} of the L0 search found in {folder}: not trained again")
             history, seconds, l0, ev = saved["history"], saved["seconds"], saved["l0"], saved["explained_variance"]
         else:
             sae, history, seconds = train_sae(caches[corpus], replace(sae_cfg, l1_coefficient=l1[corpus]), seed=seed,
-                                               device=device)
+                                               device=device, **({"checkpoint": in_progress, "checkpoint_key": want}
+                                                                 if folder else {}))
             stats = reconstruction_stats(sae, heldout[corpus])
             l0, ev = stats.l0, stats.explained_variance
             if folder:
@@ -380,6 +480,7 @@ def train_matched(caches: dict[str, ActivationCache], heldout: dict[str, Tensor]
                 atomic_write_json(folder / "round.json", {"key": rounds_key, "l1_coefficient": l1[corpus], "l0": l0,
                                                           "explained_variance": ev, "seconds": seconds,
                                                           "history": history})
+                shutil.rmtree(in_progress, ignore_errors=True)
         y = math.log(max(l0, 1e-3))
         points[corpus].append((math.log(l1[corpus]), y))
         log.append({"corpus": corpus, "round": n, "l1_coefficient": l1[corpus], "l0": l0,

@@ -140,16 +140,23 @@ def point_cost(result: dict) -> dict:
             "training_wall_last_process": result["seconds"]["training"]}
 
 
+def write_cost(run_dir: Path, record: Path | None, **measured: object) -> None:
+    """`cost.json` (and its `--record` copy): the fields this run `measured` replace the file's, every other field is
+    kept, and each finished point's seconds are recounted from its results file (`point_cost`)."""
+    cost_file = scale.study_dir(run_dir) / "cost.json"
+    cost = json.loads(cost_file.read_text()) if cost_file.exists() else {}
+    cost.update(measured)
+    cost["points"] = {p.name: point_cost(r) for p, r in scale.completed(run_dir).items()}
+    atomic_write_json(cost_file, cost)
+    copy_to_record(cost_file.parent, record, "cost.json")
+
+
 def report(run_dir: Path, pair: tuple[str, str], label: str, args: argparse.Namespace, cache_seconds: dict,
            started: float) -> None:
     """`cost.json` and the report from every finished point, with their `--record` copies; called after each point
     (a study spans sessions and is killed somewhere: its table, trends and copies are never older than its last
     point)."""
-    study = scale.study_dir(run_dir)
-    atomic_write_json(study / "cost.json", {"caching_seconds": cache_seconds,
-                                            "this_run_seconds": time.perf_counter() - started,
-                                            "points": {p.name: point_cost(r) for p, r in scale.completed(run_dir).items()}})
-    copy_to_record(study, args.record, "cost.json")
+    write_cost(run_dir, args.record, caching_seconds=cache_seconds, this_run_seconds=time.perf_counter() - started)
     write_report(run_dir, pair, label, args.base_width, args.record)
 
 
@@ -171,12 +178,8 @@ def main(argv: list[str] | None = None) -> None:
         fail(f"--record {args.record} is a file: pass a folder (it is made if missing).")
     label, prompts = protocol_prompts(args.prompts, args.n_prompts, cfg)
     if args.report_only:
-        cost_file = scale.study_dir(cfg.run_dir) / "cost.json"
-        if cost_file.exists():  # points' costs recounted; caching as the last study run measured it
-            cost = json.loads(cost_file.read_text())
-            cost["points"] = {p.name: point_cost(r) for p, r in scale.completed(cfg.run_dir).items()}
-            atomic_write_json(cost_file, cost)
-            copy_to_record(cost_file.parent, args.record, "cost.json")
+        if (scale.study_dir(cfg.run_dir) / "cost.json").exists():  # caching as the last study run measured it
+            write_cost(cfg.run_dir, args.record)
         write_report(cfg.run_dir, pair, label, args.base_width, args.record)
         return
     from helpers.decomposition import load_direction

@@ -1,4 +1,5 @@
 import math
+import time
 from dataclasses import replace
 
 import pytest
@@ -107,9 +108,9 @@ def test_train_matched_resumes_at_the_round_it_was_in(tiny_cache, tmp_path, monk
     trained = []
     real = saes_module.train_sae
 
-    def counting(cache, cfg, seed=0, device="cpu"):
+    def counting(cache, cfg, seed=0, device="cpu", **checkpoint):
         trained.append(cfg.l1_coefficient)
-        return real(cache, cfg, seed=seed, device=device)
+        return real(cache, cfg, seed=seed, device=device, **checkpoint)
 
     monkeypatch.setattr(saes_module, "train_sae", counting)
 
@@ -135,6 +136,69 @@ def test_train_matched_resumes_at_the_round_it_was_in(tiny_cache, tmp_path, monk
     trained.clear()
     search({"run": 2, "pair": (1, 2)}, replace(TINY, l1_coefficient=TINY.l1_coefficient * 1.5))
     assert len(trained) == 3, "the same key, another start: every run trained again"
+
+
+class _Killed(Exception):
+    pass
+
+
+class _Stopping:
+    """`tiny_cache` whose training batches run out: the run dies (as if killed) when it asks for batch `stop`; at
+    batch `copy_at` the checkpoint file then on disk is copied to `copy_to` (an older checkpoint than the last)."""
+
+    def __init__(self, cache, stop: int, copy_at: int | None = None, copy_to=None):
+        self.cache, self.manifest, self.stop, self.copy_at, self.copy_to = cache, cache.manifest, stop, copy_at, copy_to
+        self.folder = None
+
+    def data_provider(self, batch_size: int, seed: int = 0):
+        for i, batch in enumerate(self.cache.data_provider(batch_size, seed=seed)):
+            if i == self.copy_at:
+                import shutil
+
+                shutil.copy(self.folder / "checkpoint.pt", self.copy_to)
+            if i == self.stop:
+                raise _Killed
+            yield batch
+
+
+@pytest.mark.slow
+def test_a_killed_training_run_resumes_from_its_checkpoint(tiny_cache, tmp_path, capsys):
+    """A run killed mid-way and started again resumes from its last checkpoint (or an older one) and ends with the
+    weights, history and firing statistics of a run never stopped; a checkpoint of another key is not used."""
+    cfg = replace(TINY, l1_warm_up_fraction=0.5)  # 128 steps, the L1 warm-up (a coefficient scheduler) to step 64
+    whole, whole_history, _ = train_sae(tiny_cache, cfg)
+    folder, older = tmp_path / "run", tmp_path / "older.pt"
+    # the first 20 batches estimate the activation scale; step s reads batch 20 + s - 1; a checkpoint after every step
+    stopping = _Stopping(tiny_cache, stop=20 + 90, copy_at=20 + 40, copy_to=older)
+    stopping.folder = folder
+    with pytest.raises(_Killed):
+        train_sae(stopping, cfg, checkpoint=folder, checkpoint_key={"run": 1}, checkpoint_every_s=0)
+    saved = torch.load(folder / "checkpoint.pt", weights_only=False)
+    assert saved["trainer"]["n_training_steps"] == 90 and saved["batches_read"] == 110
+    assert torch.load(older, weights_only=False)["trainer"]["n_training_steps"] == 40
+    capsys.readouterr()
+
+    def resumed(key) -> tuple:
+        start = time.perf_counter()
+        sae, history, seconds = train_sae(tiny_cache, cfg, checkpoint=folder, checkpoint_key=key,
+                                          checkpoint_every_s=3600)
+        return sae, history, seconds, time.perf_counter() - start, capsys.readouterr().out
+
+    for state in ("last", "older"):
+        if state == "older":
+            older.replace(folder / "checkpoint.pt")
+        before = torch.load(folder / "checkpoint.pt", weights_only=False)["seconds"]
+        sae, history, seconds, wall, out = resumed({"run": 1})
+        assert f"at step {90 if state == 'last' else 40} of 128" in out, out
+        for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+            torch.testing.assert_close(getattr(sae, name), getattr(whole, name), rtol=0, atol=0,
+                                       msg=f"{name} after resuming from the {state} checkpoint")
+        assert history == whole_history, f"the history after resuming from the {state} checkpoint"
+        assert sae.cfg.metadata.l0 == whole.cfg.metadata.l0, "the firing statistics"
+        assert before < seconds <= before + wall, "seconds count the killed process's time and this one's"
+    sae, _, _, _, out = resumed({"run": 2})
+    assert "resumed" not in out, "another key: trained from the start"
+    torch.testing.assert_close(sae.W_dec, whole.W_dec, rtol=0, atol=0)
 
 
 @pytest.mark.slow
