@@ -136,8 +136,12 @@ class Checkpoint:
         """The saved state if it was saved for the same key (else None: a run with other settings starts over)."""
         if not self.file.exists():
             return None
-        state = torch.load(self.file, map_location=device, weights_only=False)
-        return state if state.get("key") == self.key else None
+        try:
+            state = torch.load(self.file, map_location=device, weights_only=False)
+        except Exception as e:  # written atomically, so only a damaged disk or a hand edit gets here
+            tqdm.write(f"checkpoint {self.file} unreadable ({type(e).__name__}): this run trains from the start")
+            return None
+        return state if isinstance(state, dict) and state.get("key") == self.key else None
 
     def restore(self, trainer, state: dict) -> None:
         t = state["trainer"]

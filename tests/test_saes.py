@@ -164,7 +164,8 @@ class _Stopping:
 @pytest.mark.slow
 def test_a_killed_training_run_resumes_from_its_checkpoint(tiny_cache, tmp_path, capsys):
     """A run killed mid-way and started again resumes from its last checkpoint (or an older one) and ends with the
-    weights, history and firing statistics of a run never stopped; a checkpoint of another key is not used."""
+    weights, history and firing statistics of a run never stopped; a checkpoint of another key, or a damaged one, is
+    not used."""
     cfg = replace(TINY, l1_warm_up_fraction=0.5)  # 128 steps, the L1 warm-up (a coefficient scheduler) to step 64
     whole, whole_history, _ = train_sae(tiny_cache, cfg)
     folder, older = tmp_path / "run", tmp_path / "older.pt"
@@ -198,6 +199,10 @@ def test_a_killed_training_run_resumes_from_its_checkpoint(tiny_cache, tmp_path,
         assert before < seconds <= before + wall, "seconds count the killed process's time and this one's"
     sae, _, _, _, out = resumed({"run": 2})
     assert "resumed" not in out, "another key: trained from the start"
+    torch.testing.assert_close(sae.W_dec, whole.W_dec, rtol=0, atol=0)
+    (folder / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    sae, _, _, _, out = resumed({"run": 1})
+    assert "unreadable" in out and "resumed" not in out, "a damaged checkpoint: said so, trained from the start"
     torch.testing.assert_close(sae.W_dec, whole.W_dec, rtol=0, atol=0)
 
 
