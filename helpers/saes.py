@@ -102,8 +102,8 @@ def _trainer_class():
 class _Counted:
     """An iterator that counts what it hands out (the batches a training run has read, for its checkpoint)."""
 
-    def __init__(self, it: Iterator[Tensor], start: int = 0):
-        self.it, self.n = it, start
+    def __init__(self, it: Iterator[Tensor]):
+        self.it, self.n = it, 0
 
     def __iter__(self):
         return self
