@@ -12,6 +12,7 @@ import html
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -115,60 +116,72 @@ class _Counted:
 
 
 class Checkpoint:
-    """A training run's state in one file, `<folder>/checkpoint.pt`, replaced atomically: the SAE's weights, the
-    trainer's state (what sae_lens' `save_trainer_state` holds: optimizer, schedulers, firing statistics, counters),
-    the activation scale, the history, the seconds spent and the batches read. A run resumed from it reads the data
-    from where the saved run stopped, so it ends with the weights of a run never stopped."""
+    """A training run's latest state, the folder `<folder>/step-<n>/`, written whole (`atomic_write_dir`; the one
+    before it is removed after): sae_lens' own checkpoint files (the SAE's weights by `save_model`; optimizer,
+    schedulers, firing statistics, counters and activation scale by `SAETrainer.save_trainer_state`) and
+    `progress.pt` (the run's key, history, seconds spent, batches read and random state). A run resumed from it
+    reads the data from where the saved run stopped, so it ends with the weights of a run never stopped."""
 
-    COUNTERS = ("n_training_samples", "n_training_steps", "act_freq_scores", "n_forward_passes_since_fired",
-                "n_frac_active_samples", "started_fine_tuning")
-
-    def __init__(self, folder: Path, key: dict, every_s: float):
-        self.file, self.every_s = Path(folder) / "checkpoint.pt", every_s
+    def __init__(self, folder: Path, key: dict, every_s: float, provider: _Counted):
+        self.folder, self.every_s, self.provider = Path(folder), every_s, provider
         self.key = json.loads(json.dumps(key, default=float))  # as the file holds it (tuples become lists)
         self.started = self.last = time.perf_counter()
-        self.seconds_before, self.provider = 0.0, None
+        self.seconds_before, self.batches_read = 0.0, 0
 
     def seconds(self) -> float:
         return self.seconds_before + time.perf_counter() - self.started
 
-    def load(self, device: str) -> dict | None:
-        """The saved state if it was saved for the same key (else None: a run with other settings starts over)."""
-        if not self.file.exists():
-            return None
-        try:
-            state = torch.load(self.file, map_location=device, weights_only=False)
-        except Exception as e:  # written atomically, so only a damaged disk or a hand edit gets here
-            tqdm.write(f"checkpoint {self.file} unreadable ({type(e).__name__}): this run trains from the start")
-            return None
-        return state if isinstance(state, dict) and state.get("key") == self.key else None
+    def saved(self) -> list[Path]:
+        """The checkpoint folders here, newest first (two only when a run was killed between writing one and
+        removing the one before)."""
+        return sorted((p for p in self.folder.glob("step-*") if re.fullmatch(r"step-\d+", p.name)),
+                      key=lambda p: int(p.name[5:]), reverse=True)
 
-    def restore(self, trainer, state: dict) -> None:
-        t = state["trainer"]
-        trainer.sae.load_state_dict(state["sae"])
-        trainer.optimizer.load_state_dict(t["optimizer"])
-        trainer.lr_scheduler.load_state_dict(t["lr_scheduler"])
-        for name, sched in t["coefficient_schedulers"].items():
-            trainer.coefficient_schedulers[name].load_state_dict(sched)
-        for name in self.COUNTERS:
-            setattr(trainer, name, t[name])
-        trainer.activation_scaler.scaling_factor = state["scaling_factor"]
-        trainer.history = state["history"]
-        self.seconds_before = state["seconds"]
-        torch.set_rng_state(state["rng"].cpu())
+    def restore(self, trainer) -> Path | None:
+        """Load the newest checkpoint saved with this run's key into `trainer` and return its folder (None: there
+        is none, and the run trains from the start). One that cannot be read is reported in one line and passed
+        over."""
+        from safetensors.torch import load_file
+        from sae_lens.constants import ACTIVATION_SCALER_CFG_FILENAME, SAE_WEIGHTS_FILENAME, TRAINER_STATE_FILENAME
+
+        for path in self.saved():
+            try:  # read every file before changing the trainer, so a damaged one leaves it untouched
+                progress = torch.load(path / "progress.pt", map_location="cpu", weights_only=False)
+                if progress.get("key") != self.key:
+                    continue
+                load_file(path / SAE_WEIGHTS_FILENAME)
+                torch.load(path / TRAINER_STATE_FILENAME, map_location="cpu")
+                json.loads((path / ACTIVATION_SCALER_CFG_FILENAME).read_text())
+            except Exception as e:  # written whole, so only a damaged disk or a hand edit gets here
+                tqdm.write(f"checkpoint {path} unreadable ({type(e).__name__}): passed over")
+                continue
+            trainer.sae.load_weights_from_checkpoint(path)
+            trainer.load_trainer_state(path)
+            trainer.history = progress["history"]
+            self.seconds_before, self.batches_read = progress["seconds"], progress["batches_read"]
+            torch.set_rng_state(progress["rng"])
+            return path
+        return None
 
     def maybe_save(self, trainer) -> None:
         if time.perf_counter() - self.last < self.every_s or trainer.n_training_steps >= trainer.cfg.total_training_steps:
             return
-        from helpers.files import atomic_write
+        import shutil
 
-        t = {"optimizer": trainer.optimizer.state_dict(), "lr_scheduler": trainer.lr_scheduler.state_dict(),
-             "coefficient_schedulers": {n: s.state_dict() for n, s in trainer.coefficient_schedulers.items()},
-             **{name: getattr(trainer, name) for name in self.COUNTERS}}
-        state = {"key": self.key, "sae": trainer.sae.state_dict(), "trainer": t,
-                 "scaling_factor": trainer.activation_scaler.scaling_factor, "history": trainer.history,
-                 "seconds": self.seconds(), "batches_read": self.provider.n, "rng": torch.get_rng_state()}
-        atomic_write(self.file, lambda tmp: torch.save(state, tmp))
+        from helpers.files import atomic_write_dir
+
+        def build(tmp: Path) -> None:
+            trainer.sae.save_model(tmp)
+            trainer.save_trainer_state(tmp)
+            torch.save({"key": self.key, "history": trainer.history, "seconds": self.seconds(),
+                        "batches_read": self.provider.n, "rng": torch.get_rng_state()}, tmp / "progress.pt")
+
+        final = self.folder / f"step-{trainer.n_training_steps}"
+        shutil.rmtree(final, ignore_errors=True)  # only a stale run's (another key) can be there
+        atomic_write_dir(final, build)
+        for old in self.saved():
+            if old != final:
+                shutil.rmtree(old, ignore_errors=True)
         self.last = time.perf_counter()
 
 
@@ -200,15 +213,12 @@ def train_sae(cache: ActivationCache, sae_cfg: SAEConfig, seed: int = 0, device:
 
         key = {"run": checkpoint_key, "sae_config": asdict(sae_cfg), "seed": seed, "device": device,
                "n_batches_for_norm_estimate": n_batches_for_norm_estimate}
-        trainer.checkpoint = saved = Checkpoint(checkpoint, key, checkpoint_every_s)
-        saved.provider = provider
-        state = saved.load(device)
-        if state is not None:
-            saved.restore(trainer, state)
-            for _ in tqdm(range(state["batches_read"]), desc="resuming: skipping the batches already read",
-                          leave=False):
+        trainer.checkpoint = saved = Checkpoint(checkpoint, key, checkpoint_every_s, provider)
+        found = saved.restore(trainer)
+        if found is not None:
+            for _ in tqdm(range(saved.batches_read), desc="resuming: skipping the batches already read", leave=False):
                 next(provider)
-            tqdm.write(f"resumed from {saved.file} at step {trainer.n_training_steps:,} of {steps:,}")
+            tqdm.write(f"resumed from {found} at step {trainer.n_training_steps:,} of {steps:,}")
     start = time.perf_counter()
     sae = trainer.fit()
     seconds = trainer.checkpoint.seconds() if trainer.checkpoint is not None else time.perf_counter() - start

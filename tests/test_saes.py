@@ -144,7 +144,7 @@ class _Killed(Exception):
 
 class _Stopping:
     """`tiny_cache` whose training batches run out: the run dies (as if killed) when it asks for batch `stop`; at
-    batch `copy_at` the checkpoint file then on disk is copied to `copy_to` (an older checkpoint than the last)."""
+    batch `copy_at` the checkpoint folder then on disk is copied to `copy_to` (an older checkpoint than the last)."""
 
     def __init__(self, cache, stop: int, copy_at: int | None = None, copy_to=None):
         self.cache, self.manifest, self.stop, self.copy_at, self.copy_to = cache, cache.manifest, stop, copy_at, copy_to
@@ -155,7 +155,8 @@ class _Stopping:
             if i == self.copy_at:
                 import shutil
 
-                shutil.copy(self.folder / "checkpoint.pt", self.copy_to)
+                (newest,) = self.folder.glob("step-*")
+                shutil.copytree(newest, self.copy_to / newest.name)
             if i == self.stop:
                 raise _Killed
             yield batch
@@ -164,19 +165,21 @@ class _Stopping:
 @pytest.mark.slow
 def test_a_killed_training_run_resumes_from_its_checkpoint(tiny_cache, tmp_path, capsys):
     """A run killed mid-way and started again resumes from its last checkpoint (or an older one) and ends with the
-    weights, history and firing statistics of a run never stopped; a checkpoint of another key, or a damaged one, is
-    not used."""
+    weights, history and firing statistics of a run never stopped; a checkpoint of another key is not used, and a
+    damaged one is passed over (for the one before it, when a kill left two)."""
+    import shutil
+
     cfg = replace(TINY, l1_warm_up_fraction=0.5)  # 128 steps, the L1 warm-up (a coefficient scheduler) to step 64
     whole, whole_history, _ = train_sae(tiny_cache, cfg)
-    folder, older = tmp_path / "run", tmp_path / "older.pt"
+    folder, older = tmp_path / "run", tmp_path / "older"
     # the first 20 batches estimate the activation scale; step s reads batch 20 + s - 1; a checkpoint after every step
-    stopping = _Stopping(tiny_cache, stop=20 + 90, copy_at=20 + 40, copy_to=older)
+    stopping = _Stopping(tiny_cache, stop=20 + 110, copy_at=20 + 90, copy_to=older)
     stopping.folder = folder
     with pytest.raises(_Killed):
         train_sae(stopping, cfg, checkpoint=folder, checkpoint_key={"run": 1}, checkpoint_every_s=0)
-    saved = torch.load(folder / "checkpoint.pt", weights_only=False)
-    assert saved["trainer"]["n_training_steps"] == 90 and saved["batches_read"] == 110
-    assert torch.load(older, weights_only=False)["trainer"]["n_training_steps"] == 40
+    assert [p.name for p in folder.iterdir()] == ["step-110"], "one checkpoint kept, no temporary left"
+    assert torch.load(folder / "step-110" / "progress.pt", weights_only=False)["batches_read"] == 130
+    assert [p.name for p in older.iterdir()] == ["step-90"]
     capsys.readouterr()
 
     def resumed(key) -> tuple:
@@ -185,24 +188,35 @@ def test_a_killed_training_run_resumes_from_its_checkpoint(tiny_cache, tmp_path,
                                           checkpoint_every_s=3600)
         return sae, history, seconds, time.perf_counter() - start, capsys.readouterr().out
 
-    for state in ("last", "older"):
-        if state == "older":
-            older.replace(folder / "checkpoint.pt")
-        before = torch.load(folder / "checkpoint.pt", weights_only=False)["seconds"]
+    last = tmp_path / "last"
+    shutil.copytree(folder / "step-110", last)
+    for state in ("last", "older", "both", "damaged last"):  # two: killed before it removed the older
+        shutil.rmtree(folder)
+        if state != "older":
+            shutil.copytree(last, folder / "step-110")
+        if state != "last":
+            shutil.copytree(older / "step-90", folder / "step-90")
+        if state == "damaged last":
+            (folder / "step-110" / "trainer_state.pt").write_bytes(b"not a checkpoint")
+        at = 110 if state in ("last", "both") else 90
+        before = torch.load(folder / f"step-{at}" / "progress.pt", weights_only=False)["seconds"]
         sae, history, seconds, wall, out = resumed({"run": 1})
-        assert f"at step {90 if state == 'last' else 40} of 128" in out, out
+        assert f"step-{at} at step {at} of 128" in out, out
+        assert ("unreadable" in out) == (state == "damaged last"), out
         for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
             torch.testing.assert_close(getattr(sae, name), getattr(whole, name), rtol=0, atol=0,
                                        msg=f"{name} after resuming from the {state} checkpoint")
         assert history == whole_history, f"the history after resuming from the {state} checkpoint"
         assert sae.cfg.metadata.l0 == whole.cfg.metadata.l0, "the firing statistics"
         assert before < seconds <= before + wall, "seconds count the killed process's time and this one's"
+    shutil.rmtree(folder)
+    shutil.copytree(last, folder / "step-110")
     sae, _, _, _, out = resumed({"run": 2})
-    assert "resumed" not in out, "another key: trained from the start"
+    assert "resumed from" not in out, "another key: trained from the start"
     torch.testing.assert_close(sae.W_dec, whole.W_dec, rtol=0, atol=0)
-    (folder / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    (folder / "step-110" / "sae_weights.safetensors").write_bytes(b"not a checkpoint")
     sae, _, _, _, out = resumed({"run": 1})
-    assert "unreadable" in out and "resumed" not in out, "a damaged checkpoint: said so, trained from the start"
+    assert "unreadable" in out and "resumed from" not in out, "a damaged checkpoint: said so, trained from the start"
     torch.testing.assert_close(sae.W_dec, whole.W_dec, rtol=0, atol=0)
 
 
