@@ -126,7 +126,7 @@ class Checkpoint:
         self.folder, self.every_s, self.provider = Path(folder), every_s, provider
         self.key = json.loads(json.dumps(key, default=float))  # as the file holds it (tuples become lists)
         self.started = self.last = time.perf_counter()
-        self.seconds_before, self.batches_read = 0.0, 0
+        self.seconds_before = 0.0
 
     def seconds(self) -> float:
         return self.seconds_before + time.perf_counter() - self.started
@@ -138,9 +138,9 @@ class Checkpoint:
                       key=lambda p: int(p.name[5:]), reverse=True)
 
     def restore(self, trainer) -> Path | None:
-        """Load the newest checkpoint saved with this run's key into `trainer` and return its folder (None: there
-        is none, and the run trains from the start). One that cannot be read is reported in one line and passed
-        over."""
+        """Load the newest checkpoint saved with this run's key into `trainer`, skip the batches its run had read,
+        and return its folder (None: there is none, and the run trains from the start). One that cannot be read is
+        reported in one line and passed over."""
         from safetensors.torch import load_file
         from sae_lens.constants import ACTIVATION_SCALER_CFG_FILENAME, SAE_WEIGHTS_FILENAME, TRAINER_STATE_FILENAME
 
@@ -158,8 +158,11 @@ class Checkpoint:
             trainer.sae.load_weights_from_checkpoint(path)
             trainer.load_trainer_state(path)
             trainer.history = progress["history"]
-            self.seconds_before, self.batches_read = progress["seconds"], progress["batches_read"]
+            self.seconds_before = progress["seconds"]
             torch.set_rng_state(progress["rng"])
+            for _ in tqdm(range(progress["batches_read"]), desc="resuming: skipping the batches already read",
+                          leave=False):
+                next(self.provider)
             return path
         return None
 
@@ -216,8 +219,6 @@ def train_sae(cache: ActivationCache, sae_cfg: SAEConfig, seed: int = 0, device:
         trainer.checkpoint = saved = Checkpoint(checkpoint, key, checkpoint_every_s, provider)
         found = saved.restore(trainer)
         if found is not None:
-            for _ in tqdm(range(saved.batches_read), desc="resuming: skipping the batches already read", leave=False):
-                next(provider)
             tqdm.write(f"resumed from {found} at step {trainer.n_training_steps:,} of {steps:,}")
     start = time.perf_counter()
     sae = trainer.fit()
